@@ -1,0 +1,24 @@
+# Two commands do everything: `make demo` and `make test`. Both set up .venv first.
+PY := .venv/bin/python
+OUT ?= demo-output
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m singinghead.cli demo --out $(OUT)
+
+lint: setup
+	.venv/bin/ruff check singinghead tests bench
+	.venv/bin/lint-imports
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf .venv $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,152 @@
+"""`singinghead sample-session OUT`: a complete small capture session with ground truth.
+
+Deterministic from a seed, no network. Per take:
+- `takes/<id>/kinect.mkv`: 3840×2160 30 fps MJPEG Matroska, K4A tags, calibration attachment,
+  the astronaut photo moved by known head motion, jaw driven by the dry vocal's envelope;
+- `takes/<id>/mic.wav`: the dry vocal, 48 kHz mono 24-bit, with a faint noise floor;
+- `songs/<id>.flac`: the "original song" = another voice singing the same melody + accompaniment.
+
+Timelines (see schemas.manifest): mic time t = song time t + mic_to_song; video time t = mic
+time t + video_to_mic. The capture log in session.yaml states both; in take 2 the true
+video→mic offset differs from the log by 100 ms (3 frames) so sync checks have something to
+find. Everything true is written to `ground_truth/` (see its README.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from singinghead.samples import audio, video
+from singinghead.schemas.manifest import CaptureLog, SessionManifest, Song, Subject, Take, write_manifest
+from singinghead.storage.assets import ffmpeg_exe
+
+GENERATOR_VERSION = "1"
+MIC_SR, SONG_SR = 48_000, 44_100
+
+#: Per take: song metadata, leans [(s, Δx px)], log offsets, and the log's error on video→mic.
+TAKES = (
+    {"id": "take01", "title": "Moon Harbour", "category": "folk", "language": "english",
+     "bpm": 96, "leans": [(10.5, 520.0)], "mic_to_song": 1.5, "video_to_mic": 0.4, "log_error": 0.0},
+    {"id": "take02", "title": "Iron Parade", "category": "march", "language": "english",
+     "bpm": 112, "leans": [(6.5, -480.0), (13.5, 500.0)], "mic_to_song": 2.25, "video_to_mic": 0.35,
+     "log_error": 0.1},
+)
+
+GROUND_TRUTH_README = """\
+# Ground truth of the sample session
+
+Everything here is known by construction (singinghead.samples); the pipeline never reads it.
+
+`ground_truth.json`
+- `camera`: colour intrinsics K (3×3, px) of the 3840×2160 track; no distortion.
+- `takes.<id>.offsets_s`: true `mic_to_song` (song time of mic sample 0) and `video_to_mic`
+  (mic time of video frame 0); `log_offsets_s` is what the capture log in session.yaml says.
+- `takes.<id>.cuts_s`: times of the sideways leans that move the face out of a fixed crop box.
+- `takes.<id>.files`: the stems of the song (vocals and accompaniment, float WAV at the song's rate).
+
+`<take>_frames.npz`, one row per video frame:
+- `time_s` (N) video time; `affine` (N, 2, 3) source-photo px → canvas px;
+- `centre_xy` (N, 2) canvas position of the face centre; `roll_deg` (N); `scale` (N);
+- `jaw_px` (N) jaw drop in source px; `mouth_opening` (N) 0..1 (vocal envelope × vowel openness);
+- `landmarks` (N, 68, 2) dlib-convention 68 points on the canvas; `face_box` (N, 4) x0, y0, x1, y1
+  = bounds of those landmarks.
+"""
+
+
+def _take_audio(spec: dict, duration_s: float, rng: np.random.Generator):
+    mic_dur = duration_s + spec["video_to_mic"] + 0.6
+    song_dur = spec["mic_to_song"] + mic_dur + 2.0
+    notes = audio.melody(song_dur, spec["bpm"], rng)
+    song_vocals, _ = audio.sing(notes, song_dur, SONG_SR, timbre_shift=0.93, rng=rng)
+    accomp = audio.accompaniment(song_dur, SONG_SR, spec["bpm"], notes, rng)
+    song_vocals_st = np.repeat(song_vocals[:, None], 2, axis=1) * 0.8
+    shifted = [audio.Note(n.start_s - spec["mic_to_song"], n.dur_s, n.midi, n.vowel) for n in notes]
+    shifted = [n for n in shifted if n.start_s + n.dur_s > 0]
+    dry, mouth = audio.sing(shifted, mic_dur, MIC_SR, timbre_shift=1.08, timing_jitter_s=0.015, rng=rng)
+    dry = dry + rng.normal(0, 3e-4, len(dry)).astype(np.float32)  # mic noise floor (≈ −70 dBFS)
+    return song_vocals_st, accomp, dry, mouth
+
+
+def build_sample_session(out: str | Path, seed: int = 0, duration_s: float = 20.0) -> Path:
+    """Write the sample session into `out` (created) and return its path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gt_dir = out / "ground_truth"
+    gt_dir.mkdir(exist_ok=True)
+    (out / "songs").mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ffmpeg = ffmpeg_exe()
+    n_frames = int(round(duration_s * video.FPS))
+    takes, gt_takes = [], {}
+    for k, spec in enumerate(TAKES):
+        take_dir = out / "takes" / spec["id"]
+        take_dir.mkdir(parents=True, exist_ok=True)
+        song_vocals, accomp, dry, mouth = _take_audio(spec, duration_s, rng)
+
+        song = np.clip(song_vocals + accomp, -1, 1)
+        sf.write(out / "songs" / f"{spec['id']}.flac", song, SONG_SR, subtype="PCM_24")
+        sf.write(gt_dir / f"{spec['id']}_song_vocals.wav", song_vocals, SONG_SR, subtype="FLOAT")
+        sf.write(gt_dir / f"{spec['id']}_song_accompaniment.wav", accomp, SONG_SR, subtype="FLOAT")
+        sf.write(take_dir / "mic.wav", dry, MIC_SR, subtype="PCM_24")
+
+        # Mouth opening at each frame's mic time, averaged over the frame's exposure.
+        true_v2m = spec["video_to_mic"] + spec["log_error"]
+        t_video = np.arange(n_frames) / video.FPS
+        half = MIC_SR // (2 * video.FPS)
+        idx = np.clip(np.round((t_video + true_v2m) * MIC_SR).astype(int), half, len(mouth) - half - 1)
+        csum = np.concatenate([[0.0], np.cumsum(mouth, dtype=np.float64)])
+        mouth_frames = (csum[idx + half] - csum[idx - half]) / (2 * half)
+
+        motion = video.head_motion(n_frames, mouth_frames, spec["leans"], rng)
+        start_offset_ns = 200_000_000 + 1_000_000 * k
+        video.write_kinect_mkv(take_dir / "kinect.mkv", motion, ffmpeg, start_offset_ns, seed=seed * 10 + k)
+
+        lmk = np.stack([video.landmarks(motion, i) for i in range(n_frames)])
+        np.savez_compressed(
+            gt_dir / f"{spec['id']}_frames.npz",
+            time_s=t_video, affine=np.stack([motion.affine(i) for i in range(n_frames)]),
+            centre_xy=motion.centre_xy, roll_deg=motion.roll_deg, scale=motion.scale,
+            jaw_px=motion.jaw_px, mouth_opening=mouth_frames.astype(np.float32), landmarks=lmk,
+            face_box=np.concatenate([lmk.min(1), lmk.max(1)], axis=1),
+        )
+        log = CaptureLog(video_start_s=spec["video_to_mic"], mic_start_s=0.0, song_start_s=-spec["mic_to_song"])
+        takes.append(Take(
+            id=spec["id"], video=f"takes/{spec['id']}/kinect.mkv", mic=f"takes/{spec['id']}/mic.wav",
+            song=Song(file=f"songs/{spec['id']}.flac", title=spec["title"], category=spec["category"],
+                      language=spec["language"]),
+            capture_log=log,
+        ))
+        gt_takes[spec["id"]] = {
+            "offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": true_v2m},
+            "log_offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": spec["video_to_mic"]},
+            "cuts_s": [when for when, _ in spec["leans"]],
+            "frames": n_frames, "fps": video.FPS, "bpm": spec["bpm"],
+            "k4a_start_offset_ns": start_offset_ns,
+            "files": {"song_vocals": f"{spec['id']}_song_vocals.wav",
+                      "song_accompaniment": f"{spec['id']}_song_accompaniment.wav",
+                      "frames": f"{spec['id']}_frames.npz"},
+        }
+
+    manifest = SessionManifest(
+        session_id=f"sample{seed:03d}",
+        subject=Subject(id=f"astronaut{seed:03d}", level="professional", gender="female"),
+        takes=takes,
+    )
+    write_manifest(manifest, out)
+    calib = video.kinect_calibration()
+    p = calib["CalibrationInformation"]["Cameras"][0]["Intrinsics"]["ModelParameters"]
+    scale = video.WIDTH / 4096
+    K = [[p[2] * 4096 * scale, 0, video.WIDTH / 2 - 0.5], [0, p[3] * 3072 * scale, video.HEIGHT / 2 - 0.5],
+         [0, 0, 1]]
+    (gt_dir / "ground_truth.json").write_text(json.dumps({
+        "generator_version": GENERATOR_VERSION, "seed": seed, "duration_s": duration_s,
+        "video": {"width": video.WIDTH, "height": video.HEIGHT, "fps": video.FPS},
+        "audio": {"mic_sample_rate": MIC_SR, "song_sample_rate": SONG_SR},
+        "camera": {"K": K}, "takes": gt_takes,
+    }, indent=2))
+    (gt_dir / "README.md").write_text(GROUND_TRUTH_README)
+    return out

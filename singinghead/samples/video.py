@@ -1,0 +1,195 @@
+"""A real face photo animated on a 4K Kinect-like MJPEG Matroska recording.
+
+The subject is scikit-image's public-domain astronaut photo (Eileen Collins), head and
+shoulders. Per frame it is moved by a known similarity transform (sway, roll, scale, and
+sudden leans large enough that a fixed crop box must be cut) and its jaw is opened by a known
+displacement field driven by the singing envelope. Frames are piped once into ffmpeg, which
+writes MJPEG in Matroska with K4A tags and a `calibration.json` attachment, like the Azure
+Kinect recorder. Memory stays at a few frames whatever the duration.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage.data
+
+from singinghead.schemas.errors import InputError
+
+WIDTH, HEIGHT, FPS = 3840, 2160, 30
+SOURCE_ROWS = 330  # head and shoulders; lower rows hold a mission badge dlib mistakes for a face
+#: dlib's 68 landmarks on the astronaut photo (shape_predictor_68, detected once), source px.
+SOURCE_LANDMARKS = np.array(
+    [[179, 104], [180, 116], [181, 127], [182, 139], [185, 150], [191, 160], [200, 168], [209, 176],
+     [220, 178], [232, 177], [243, 171], [253, 163], [260, 154], [265, 143], [268, 131], [270, 120],
+     [272, 108], [186, 94], [192, 88], [200, 87], [208, 89], [216, 92], [236, 93], [244, 91], [252, 91],
+     [260, 92], [265, 99], [226, 102], [225, 111], [225, 119], [225, 127], [214, 131], [219, 133],
+     [224, 134], [229, 133], [234, 132], [195, 101], [200, 98], [207, 98], [212, 104], [206, 104],
+     [199, 104], [237, 106], [243, 100], [250, 100], [255, 105], [250, 107], [244, 107], [201, 139],
+     [209, 139], [218, 139], [224, 141], [230, 140], [238, 140], [246, 141], [238, 151], [229, 155],
+     [222, 156], [216, 155], [208, 150], [204, 141], [218, 143], [223, 144], [230, 143], [243, 142],
+     [229, 150], [223, 151], [217, 150]],
+    dtype=np.float64,
+)
+FACE_CENTRE = np.array([224.0, 125.0])  # source px, between eyes and mouth
+LIP_LINE_Y = 146.5  # source px: rows below open with the jaw
+MOUTH_HALF_WIDTH = 22.0  # source px, lip corner to centre
+CHIN_Y = 178.0
+MAX_JAW_PX = 20.0  # source px at full opening (≈ 90 px on the 4K canvas)
+
+
+@dataclass(frozen=True)
+class HeadMotion:
+    """Per-frame similarity of the source photo onto the canvas, plus jaw opening."""
+
+    centre_xy: np.ndarray  # (N, 2) canvas position of FACE_CENTRE
+    roll_deg: np.ndarray  # (N,)
+    scale: np.ndarray  # (N,)
+    jaw_px: np.ndarray  # (N,) source-px jaw drop
+
+    def affine(self, i: int) -> np.ndarray:
+        """2×3 matrix mapping source px to canvas px for frame i."""
+        m = cv2.getRotationMatrix2D(tuple(FACE_CENTRE), float(self.roll_deg[i]), float(self.scale[i]))
+        m[:, 2] += self.centre_xy[i] - FACE_CENTRE
+        return m
+
+
+def head_motion(n: int, mouth: np.ndarray, leans: list[tuple[float, float]], rng: np.random.Generator) -> HeadMotion:
+    """Smooth sway + roll + breathing scale, and `leans` = [(time s, Δx px)] sudden sideways moves."""
+    t = np.arange(n) / FPS
+    ph = rng.uniform(0, 2 * np.pi, 5)
+    x = 1920 + 60 * np.sin(2 * np.pi * 0.13 * t + ph[0]) + 25 * np.sin(2 * np.pi * 0.41 * t + ph[1])
+    y = 980 + 30 * np.sin(2 * np.pi * 0.21 * t + ph[2])
+    for when, dx in leans:
+        s = np.clip((t - when) / 0.5, 0.0, 1.0)
+        x = x + dx * s * s * (3 - 2 * s)  # smoothstep over 0.5 s
+    roll = 5.0 * np.sin(2 * np.pi * 0.17 * t + ph[3])
+    scale = 4.5 * (1 + 0.04 * np.sin(2 * np.pi * 0.09 * t + ph[4]))
+    return HeadMotion(np.stack([x, y], 1), roll, scale, MAX_JAW_PX * np.clip(mouth, 0, 1))
+
+
+def _jaw_field(xs: np.ndarray, ys: np.ndarray, jaw_px: float) -> np.ndarray:
+    """Downward displacement (source px) of points below the lip line when the jaw opens."""
+    gx = np.exp(-(((xs - FACE_CENTRE[0]) / 38.0) ** 2))
+    rise = np.clip((ys - LIP_LINE_Y) / 3.0, 0.0, 1.0)
+    fall = np.clip(1.0 - (ys - CHIN_Y) / 30.0, 0.0, 1.0)
+    return jaw_px * gx * rise * fall
+
+
+def source_image() -> np.ndarray:
+    return np.ascontiguousarray(skimage.data.astronaut()[:SOURCE_ROWS])
+
+
+def open_jaw(src: np.ndarray, jaw_px: float) -> np.ndarray:
+    """The photo with its jaw dropped by `jaw_px`, the opened mouth drawn dark."""
+    if jaw_px < 0.05:
+        return src
+    h, w = src.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = _jaw_field(xs, ys, jaw_px)
+    sy = ys - d
+    for _ in range(2):  # invert the forward field by fixed-point iteration
+        sy = ys - _jaw_field(xs, sy, jaw_px)
+    out = cv2.remap(src, xs, sy.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # The opened gap shows as a dark mouth between the lip corners (a lens that narrows with depth).
+    depth = np.clip((ys - LIP_LINE_Y) / np.maximum(d, 1e-3), 0.0, 1.0)
+    half_width = MOUTH_HALF_WIDTH * np.sqrt(1.0 - depth)
+    cavity = (ys >= LIP_LINE_Y) & (sy < LIP_LINE_Y) & (np.abs(xs - FACE_CENTRE[0]) < half_width)
+    if cavity.any():
+        out[cavity] = (0.25 * out[cavity] + 0.75 * np.array([70, 22, 25])).astype(np.uint8)
+    return out
+
+
+def landmarks(motion: HeadMotion, i: int) -> np.ndarray:
+    """Ground-truth 68 landmarks on the canvas for frame i (jaw points follow the jaw)."""
+    pts = SOURCE_LANDMARKS.copy()
+    pts[:, 1] += _jaw_field(pts[:, 0], pts[:, 1], float(motion.jaw_px[i]))
+    return cv2.transform(pts[None], motion.affine(i))[0]
+
+
+def background() -> np.ndarray:
+    """A studio wall: vertical gradient with soft low-frequency texture (deterministic)."""
+    rng = np.random.default_rng(7)
+    small = cv2.resize(rng.uniform(-12, 12, (27, 48)).astype(np.float32), (WIDTH, HEIGHT), cv2.INTER_CUBIC)
+    grad = np.linspace(70, 40, HEIGHT, dtype=np.float32)[:, None]
+    base = np.clip(grad + small, 0, 255)
+    return np.stack([base * 0.95, base, base * 1.08], axis=2).astype(np.uint8)
+
+
+def render_frame(src: np.ndarray, wall: np.ndarray, motion: HeadMotion, i: int) -> np.ndarray:
+    frame = wall.copy()
+    photo = open_jaw(src, float(motion.jaw_px[i]))
+    m = motion.affine(i)
+    h, w = photo.shape[:2]
+    corners = cv2.transform(np.array([[[0, 0], [w, 0], [0, h], [w, h]]], np.float64), m)[0]
+    x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int), [WIDTH, HEIGHT])
+    if x1 <= x0 or y1 <= y0:
+        return frame
+    m_roi = m.copy()
+    m_roi[:, 2] -= [x0, y0]
+    roi = frame[y0:y1, x0:x1]
+    cv2.warpAffine(photo, m_roi, (x1 - x0, y1 - y0), dst=roi, flags=cv2.INTER_LINEAR,
+                   borderMode=cv2.BORDER_TRANSPARENT)
+    return frame
+
+
+def kinect_calibration(fx_px: float = 1800.0) -> dict:
+    """A factory-style calibration.json whose 3840×2160 colour intrinsics are fx=fy=fx_px,
+    principal point at the image centre, no distortion."""
+    sw, sh, scale = 4096, 3072, WIDTH / 4096
+    crop = (sh * scale - HEIGHT) / 2
+    cx_n, cy_n = (WIDTH / 2) / (sw * scale), (HEIGHT / 2 + crop) / (sh * scale)
+    params = [cx_n, cy_n, fx_px / (sw * scale), fx_px / (sh * scale)] + [0.0] * 10
+    cam = {
+        "Intrinsics": {"ModelParameterCount": 14, "ModelParameters": params,
+                       "ModelType": "CALIBRATION_LensDistortionModelBrownConrady"},
+        "Location": "CALIBRATION_CameraLocationPV0", "Purpose": "CALIBRATION_CameraPurposePhotoVideo",
+        "MetricRadius": 0, "SensorHeight": sh, "SensorWidth": sw,
+        "Rt": {"Rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1], "Translation": [0, 0, 0]},
+    }
+    return {"CalibrationInformation": {"Cameras": [cam], "InertialSensors": [], "Metadata": {"SerialId": "sample"}}}
+
+
+def write_kinect_mkv(
+    path: Path, motion: HeadMotion, ffmpeg: str, start_offset_ns: int, quality: int = 8, seed: int = 0
+) -> None:
+    """Render every frame and pipe it once into ffmpeg → MJPEG Matroska with K4A tags."""
+    n = len(motion.scale)
+    calib = path.parent / "calibration.json"
+    calib.write_text(json.dumps(kinect_calibration(), indent=2))
+    track_uid = str(10**17 + seed * 7919 + 1)
+    cmd = [
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "-",
+        "-attach", str(calib),
+        "-c:v", "mjpeg", "-q:v", str(quality), "-pix_fmt", "yuvj422p", "-threads", "2",
+        "-metadata", "title=Azure Kinect",
+        "-metadata", f"K4A_START_OFFSET_NS={start_offset_ns}",
+        "-metadata", "K4A_WIRED_SYNC_MODE=STANDALONE",
+        "-metadata", "K4A_DEVICE_SERIAL_NUMBER=000000000000",
+        "-metadata:s:v:0", "title=COLOR",
+        "-metadata:s:v:0", f"K4A_COLOR_TRACK={track_uid}",
+        "-metadata:s:v:0", "K4A_COLOR_MODE=MJPG_2160P",
+        "-metadata:s:t:0", "mimetype=application/octet-stream",
+        "-metadata:s:t:0", "K4A_CALIBRATION_FILE=calibration.json",
+        str(path),
+    ]
+    src, wall = source_image(), background()
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for i in range(n):
+            proc.stdin.write(render_frame(src, wall, motion, i).tobytes())
+        proc.stdin.close()
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            raise InputError(path, f"ffmpeg failed to write the sample recording: {err.strip()}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        calib.unlink(missing_ok=True)

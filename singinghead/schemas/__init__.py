@@ -1,0 +1,1 @@
+"""Contracts shared by every layer. Imports nothing else of the project."""

@@ -1,0 +1,29 @@
+"""Settings from the environment (prefix SINGINGHEAD_) or a `.env` file.
+
+Model assets are user-provided files; nothing is downloaded at run time. Each setting names
+what it points at so a missing-asset error can tell the operator exactly what to provide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SINGINGHEAD_", env_file=".env", extra="ignore")
+
+    #: ffmpeg executable; default: the binary shipped by imageio-ffmpeg, else `ffmpeg` on PATH.
+    ffmpeg: str | None = None
+    #: Dask scheduler address (tcp://host:8786); empty = a local cluster per flow run.
+    dask_address: str | None = None
+    #: Local Dask cluster size when no address is given.
+    dask_workers: int = 2
+    dask_threads_per_worker: int = 1
+    #: FLAME 2020/2023 `generic_model.pkl` folder (with landmark embedding and FLAME_masks.pkl).
+    flame_dir: Path | None = None
+
+
+def get_settings() -> Settings:
+    return Settings()
