@@ -1,0 +1,1 @@
+"""One adapter per capture device: raw files → typed streams. No processing."""

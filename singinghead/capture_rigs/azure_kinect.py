@@ -187,12 +187,15 @@ class KinectRecording:
 
     def probe(self) -> VideoProbe:
         ts = self.timestamps()
-        steps = np.diff(ts)
-        fps = float(1.0 / np.median(steps)) if len(steps) else 0.0
-        duration = float(ts[-1] - ts[0] + (np.median(steps) if len(steps) else 0.0))
+        if len(ts) > 1:
+            fps = (len(ts) - 1) / float(ts[-1] - ts[0])
+        else:
+            rate = self.color_stream.average_rate or self.color_stream.guessed_rate
+            fps = float(rate) if rate else 0.0
+        duration = len(ts) / fps if fps else 0.0
         return VideoProbe(
             path=str(self.path), codec=self.color_stream.codec_context.name,
-            width=self.width, height=self.height, fps=round(fps, 6), frames=len(ts),
+            width=self.width, height=self.height, fps=round(fps, 4), frames=len(ts),
             duration_s=duration, first_pts_s=float(ts[0]), start_offset_ns=self.start_offset_ns,
             color_mode=self.color_mode, has_calibration=self.has_calibration(),
         )

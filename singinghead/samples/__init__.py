@@ -1,0 +1,1 @@
+"""The embedded sample session: small, complete, with ground truth known by construction."""

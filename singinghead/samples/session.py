@@ -15,6 +15,7 @@ find. Everything true is written to `ground_truth/` (see its README.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,9 @@ def _take_audio(spec: dict, duration_s: float, rng: np.random.Generator):
     return song_vocals_st, accomp, dry, mouth
 
 
-def build_sample_session(out: str | Path, seed: int = 0, duration_s: float = 20.0) -> Path:
+def build_sample_session(
+    out: str | Path, seed: int = 0, duration_s: float = 20.0, on_take: Callable[[str], None] | None = None
+) -> Path:
     """Write the sample session into `out` (created) and return its path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,6 +133,8 @@ def build_sample_session(out: str | Path, seed: int = 0, duration_s: float = 20.
                       "song_accompaniment": f"{spec['id']}_song_accompaniment.wav",
                       "frames": f"{spec['id']}_frames.npz"},
         }
+        if on_take:
+            on_take(spec["id"])
 
     manifest = SessionManifest(
         session_id=f"sample{seed:03d}",

@@ -1,0 +1,1 @@
+"""The FLAME head model: safe loading, a procedural stand-in, a torch layer."""

@@ -1,0 +1,1 @@
+"""Prefect flows composing tasks. No algorithm code here."""

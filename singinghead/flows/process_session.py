@@ -1,0 +1,111 @@
+"""`process_session`: one capture session → processed artifacts, take by take, on Dask.
+
+The flow validates the manifest, checksums raw files (stat-cached, read-only), asks the catalog
+which takes still need work and submits only those as Prefect tasks to a DaskTaskRunner (a
+local cluster by default, an existing scheduler with `dask_address`). A failed take is reported
+and the others finish. Re-running an unchanged session submits no task at all.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from singinghead.flows.runtime import prefect_api, task_runner
+from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
+from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
+from singinghead.storage import files
+from singinghead.storage.catalog import Catalog
+from singinghead.tasks import ingest
+
+
+def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
+    out = []
+    for role, rel in (("video", take.video), ("mic", take.mic), ("song", take.song.file)):
+        digest, size = catalog.raw_checksum(root / rel)
+        out.append(RawFile(role=role, path=rel, sha256=digest, size=size))
+    return out
+
+
+def ingest_markdown(report: IngestReport) -> str:
+    rows = [
+        "| take | status | video | mic | song | problems |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in report.takes:
+        video = f"{t.video.width}×{t.video.height} {t.video.fps:.2f} fps {t.video.duration_s:.1f} s" if t.video else "–"
+        mic = f"{t.mic.sample_rate} Hz {t.mic.duration_s:.1f} s" if t.mic else "–"
+        song = f"{t.song.sample_rate} Hz {t.song.duration_s:.1f} s" if t.song else "–"
+        problems = "; ".join(t.problems) or "–"
+        rows.append(f"| {t.take_id} | {t.status} | {video} | {mic} | {song} | {problems} |")
+    return f"# Ingest of session `{report.session_id}` (subject `{report.subject_id}`)\n\n" + "\n".join(rows) + "\n"
+
+
+def _publish_if_changed(url: str, data: bytes) -> None:
+    if files.exists(url) and files.read_bytes(url) == data:
+        return  # unchanged: leave the published file (and its mtime) alone
+    files.write_bytes_atomic(url, data)
+
+
+@flow(name="process-session", flow_run_name="process-{session_dir}", log_prints=True)
+def process_session(session_dir: str, out: str) -> dict:
+    """Ingest every take of `session_dir` into `out` (a local path or fsspec URL)."""
+    logger = get_run_logger()
+    root = Path(session_dir).resolve()
+    manifest = load_manifest(root)
+    catalog = Catalog(out)
+    manifest_sha, _ = catalog.raw_checksum(root / MANIFEST_NAME)
+
+    results: dict[str, TakeIngest] = {}
+    futures = {}
+    for take in manifest.takes:
+        raw = _raw_files(catalog, root, take)
+        done = catalog.lookup(ingest.STEP, ingest.VERSION, {}, ingest.take_inputs(take, raw))
+        if done is not None:
+            results[take.id] = TakeIngest.model_validate(files.read_json(done.outputs[0].url))
+            logger.info("take %s: ingest already done", take.id)
+        else:
+            futures[take.id] = ingest.ingest_take_task.submit(str(root), manifest.session_id, take, raw, out)
+    for take_id, future in futures.items():
+        ref = future.result()
+        results[take_id] = TakeIngest.model_validate(files.read_json(ref.url))
+
+    report = IngestReport(
+        session_id=manifest.session_id, subject_id=manifest.subject.id, manifest_sha256=manifest_sha,
+        takes=[results[t.id] for t in manifest.takes],
+    )
+    session_url = files.join(out, "sessions", manifest.session_id)
+    markdown = ingest_markdown(report)
+    _publish_if_changed(files.join(session_url, "ingest_report.json"),
+                        (report.model_dump_json(indent=2) + "\n").encode())
+    _publish_if_changed(files.join(session_url, "ingest_report.md"), markdown.encode())
+    create_markdown_artifact(
+        key=re.sub(r"[^a-z0-9-]", "-", f"ingest-{manifest.session_id}".lower()), markdown=markdown,
+        description=f"Ingest report of session {manifest.session_id}",
+    )
+    catalog.register_session(manifest.session_id, {
+        "session_dir": str(root), "subject_id": manifest.subject.id, "manifest_sha256": manifest_sha,
+        "takes": {t.take_id: t.status for t in report.takes},
+    })
+    for t in report.takes:
+        if t.status == "failed":
+            logger.error("take %s failed: %s", t.take_id, "; ".join(t.problems))
+    return {
+        "session_id": manifest.session_id,
+        "out": out,
+        "submitted": sorted(futures),
+        "takes": {t.take_id: t.status for t in report.takes},
+        "report": files.join(session_url, "ingest_report.json"),
+    }
+
+
+def run_process_session(session_dir: str | Path, out: str | Path, dask_address: str | None = None) -> dict:
+    out = str(out)
+    if files.is_local(out):
+        out = str(Path(out).resolve())
+    with prefect_api():
+        flow_ = process_session.with_options(task_runner=task_runner(dask_address))
+        return flow_(str(session_dir), out)

@@ -1,0 +1,67 @@
+"""Where flows run: one Prefect API for the flow and all its Dask workers, and the task runner.
+
+With PREFECT_API_URL set (a lab's Prefect server, or the test harness) everything reports
+there. Without it, one temporary local API server is started for the run and its URL exported,
+so that Dask worker processes report to the same server instead of each starting their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_dask import DaskTaskRunner
+
+from singinghead.schemas.settings import get_settings
+
+
+@contextlib.contextmanager
+def _exported(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield the API URL every process of this run reports to."""
+    url = PREFECT_API_URL.value()
+    if url:
+        with _exported("PREFECT_API_URL", url):
+            yield url
+        return
+    server = SubprocessASGIServer()
+    server.start()
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}), _exported("PREFECT_API_URL", server.api_url):
+            try:
+                yield server.api_url
+            finally:
+                # Flush logs and events while the server still listens, or the clients retry for minutes.
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all()
+    finally:
+        server.stop()
+
+
+def task_runner(dask_address: str | None = None) -> DaskTaskRunner:
+    """An existing scheduler when an address is given, else a local cluster of processes."""
+    settings = get_settings()
+    address = dask_address or settings.dask_address
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": settings.dask_workers, "threads_per_worker": settings.dask_threads_per_worker,
+        "processes": True, "dashboard_address": ":0",
+    })

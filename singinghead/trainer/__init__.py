@@ -1,0 +1,1 @@
+"""UniSinger trainer: reads release shards only (imports schemas, storage, flame)."""
