@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from singinghead.flows.runtime import prefect_api, task_runner
 from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
@@ -94,6 +95,7 @@ def process_session(session_dir: str, out: str) -> dict:
         if t.status == "failed":
             logger.error("take %s failed: %s", t.take_id, "; ".join(t.problems))
     return {
+        "flow_run_id": str(flow_run.id),
         "session_id": manifest.session_id,
         "out": out,
         "submitted": sorted(futures),

@@ -167,7 +167,7 @@ def write_kinect_mkv(
     cmd = [
         ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "-",
-        "-attach", str(calib),
+        "-attach", str(calib), "-fflags", "+bitexact", "-flags:v", "+bitexact",
         "-c:v", "mjpeg", "-q:v", str(quality), "-pix_fmt", "yuvj422p", "-threads", "2",
         "-metadata", "title=Azure Kinect",
         "-metadata", f"K4A_START_OFFSET_NS={start_offset_ns}",

@@ -1,0 +1,90 @@
+"""process_session under a real Prefect API, on a local Dask cluster of worker processes."""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from singinghead.flows.process_session import run_process_session
+from singinghead.schemas.artifacts import IngestReport
+from singinghead.storage import files
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _task_runs(flow_run_id: str):
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+@pytest.fixture(scope="module")
+def two_runs(sample_session, tmp_path_factory, prefect_harness):
+    out = tmp_path_factory.mktemp("processed")
+    raw_before = _snapshot(sample_session)
+    first = run_process_session(sample_session, out)
+    after_first = _snapshot(out)
+    second = run_process_session(sample_session, out)
+    return {"out": out, "first": first, "second": second, "raw_before": raw_before,
+            "raw_after": _snapshot(sample_session), "after_first": after_first, "after_second": _snapshot(out)}
+
+
+def test_ingest_report(two_runs):
+    report = IngestReport.model_validate(files.read_json(two_runs["first"]["report"]))
+    assert [t.take_id for t in report.takes] == ["take01", "take02"]
+    for take in report.takes:
+        assert take.status == "ok", take.problems
+        assert (take.video.width, take.video.height, take.video.frames) == (3840, 2160, 600)
+        assert take.video.fps == pytest.approx(30.0, abs=0.01)
+        assert (take.mic.sample_rate, take.song.sample_rate) == (48000, 44100)
+        assert take.checks["mic_covers_video"] == pytest.approx(1.0)
+        assert {f.role for f in take.files} == {"video", "mic", "song"}
+    assert (two_runs["out"] / "sessions/sample000/ingest_report.md").read_text().count("| ok |") == 2
+
+
+def test_takes_ran_as_prefect_tasks_on_dask(two_runs):
+    runs = _task_runs(two_runs["first"]["flow_run_id"])
+    ingest_runs = sorted(r.name for r in runs if r.name.startswith("ingest-"))
+    assert ingest_runs == ["ingest-take01", "ingest-take02"]
+    assert all(r.state.is_completed() for r in runs)
+    assert two_runs["first"]["submitted"] == ["take01", "take02"]
+
+
+def test_rerun_does_no_work_and_changes_nothing(two_runs):
+    assert two_runs["second"]["submitted"] == []
+    assert not [r for r in _task_runs(two_runs["second"]["flow_run_id"]) if r.name.startswith("ingest-")]
+    assert two_runs["after_second"] == two_runs["after_first"]  # same bytes, not even rewritten
+
+
+def test_raw_files_untouched(two_runs):
+    assert two_runs["raw_after"] == two_runs["raw_before"]
+
+
+def test_broken_takes_are_reported_and_others_finish(session_copy, tmp_path, prefect_harness):
+    video = session_copy / "takes/take02/kinect.mkv"
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
+    # take03: take01's video and song with a silent microphone.
+    shutil.copytree(session_copy / "takes/take01", session_copy / "takes/take03")
+    sf.write(session_copy / "takes/take03/mic.wav", np.zeros(48000 * 21, np.float32), 48000, subtype="PCM_24")
+    manifest = yaml.safe_load((session_copy / "session.yaml").read_text())
+    take03 = dict(manifest["takes"][0], id="take03", video="takes/take03/kinect.mkv", mic="takes/take03/mic.wav")
+    manifest["takes"].append(take03)
+    (session_copy / "session.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+    summary = run_process_session(session_copy, tmp_path / "out")
+    assert summary["takes"] == {"take01": "ok", "take02": "failed", "take03": "failed"}
+    report = IngestReport.model_validate(files.read_json(summary["report"]))
+    t2, t3 = report.takes[1], report.takes[2]
+    assert len(t2.problems) == 1 and t2.problems[0].startswith("takes/take02/kinect.mkv: file is truncated")
+    assert t3.problems[0].startswith("takes/take03/mic.wav: silent")

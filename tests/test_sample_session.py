@@ -1,0 +1,105 @@
+"""The sample session's ground truth agrees with its own media (by independent measurement)."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from singinghead.capture_rigs.audio_files import read_audio
+from singinghead.capture_rigs.azure_kinect import KinectRecording
+from singinghead.samples.session import build_sample_session
+
+
+@pytest.fixture(scope="module")
+def gt(sample_session):
+    return json.loads((sample_session / "ground_truth/ground_truth.json").read_text())
+
+
+def _frames(sample_session, take):
+    return np.load(sample_session / f"ground_truth/{take}_frames.npz")
+
+
+def test_song_is_the_sum_of_its_stems(sample_session):
+    for take in ("take01", "take02"):
+        song, sr = sf.read(sample_session / f"songs/{take}.flac")
+        vocals, _ = sf.read(sample_session / f"ground_truth/{take}_song_vocals.wav")
+        accomp, _ = sf.read(sample_session / f"ground_truth/{take}_song_accompaniment.wav")
+        assert sr == 44100 and song.shape == vocals.shape == accomp.shape
+        assert np.abs(song - (vocals + accomp)).max() < 1e-5  # 24-bit quantisation only
+        assert np.std(vocals) > 0.02 and np.std(accomp) > 0.02
+
+
+def _envelope_at_frames(mic, sr, video_to_mic, n):
+    hop = sr // 100
+    rms = np.sqrt(np.convolve(mic ** 2, np.ones(hop) / hop, mode="same"))
+    t = np.arange(n) / 30 + video_to_mic
+    return np.interp(t, np.arange(len(mic)) / sr, rms)
+
+
+def test_mouth_follows_the_dry_vocal_at_the_true_offset(sample_session, gt):
+    """Mouth opening (video) vs the mic's loudness: aligned at the true offset, not at the logged one."""
+    for take, info in gt["takes"].items():
+        mic, sr = read_audio(sample_session / f"takes/{take}/mic.wav", mono=True)
+        mouth = _frames(sample_session, take)["mouth_opening"]
+        lags = np.arange(-15, 16)
+        scores = [np.corrcoef(_envelope_at_frames(mic, sr, info["log_offsets_s"]["video_to_mic"] + lag / 30,
+                                                  len(mouth)) > 0.01, mouth > 0.05)[0, 1] for lag in lags]
+        best = lags[int(np.argmax(scores))] / 30
+        truth = info["offsets_s"]["video_to_mic"] - info["log_offsets_s"]["video_to_mic"]
+        assert best == pytest.approx(truth, abs=1.5 / 30), take
+        assert max(scores) > 0.8
+    assert gt["takes"]["take02"]["offsets_s"]["video_to_mic"] != gt["takes"]["take02"]["log_offsets_s"]["video_to_mic"]
+
+
+def test_dry_vocal_is_the_song_melody_at_the_true_song_offset(sample_session, gt):
+    for take, info in gt["takes"].items():
+        mic, sr = read_audio(sample_session / f"takes/{take}/mic.wav", sample_rate=16000, mono=True)
+        voc, _ = read_audio(sample_session / f"ground_truth/{take}_song_vocals.wav", sample_rate=16000, mono=True)
+        env = lambda x: np.sqrt(np.convolve(x ** 2, np.ones(160) / 160, "same"))[::160]  # noqa: E731
+        a, b = env(mic), env(voc)
+        lags = np.arange(0, 400)
+        scores = [np.corrcoef(a, b[lag:lag + len(a)])[0, 1] if lag + len(a) <= len(b) else -1 for lag in lags]
+        assert lags[int(np.argmax(scores))] / 100 == pytest.approx(info["offsets_s"]["mic_to_song"], abs=0.03)
+
+
+def test_landmarks_and_boxes_follow_the_head_motion(sample_session, gt):
+    for take, info in gt["takes"].items():
+        f = _frames(sample_session, take)
+        n = info["frames"]
+        assert f["landmarks"].shape == (n, 68, 2) and f["face_box"].shape == (n, 4)
+        centre = f["landmarks"][:, 27:36].mean(1)  # nose: follows the head, not the jaw
+        assert np.abs(np.diff(centre, axis=0)).max() < 60  # smooth between frames
+        for when in info["cuts_s"]:  # each lean moves the face by more than its own width
+            before, after = int((when - 0.1) * 30), int((when + 0.7) * 30)
+            width = f["face_box"][before, 2] - f["face_box"][before, 0]
+            assert abs(centre[after, 0] - centre[before, 0]) > width
+        jaw_drop = f["landmarks"][:, 8, 1] - f["landmarks"][:, 33, 1]  # chin below nose tip
+        assert np.corrcoef(jaw_drop, f["mouth_opening"])[0, 1] > 0.9
+
+
+def test_detector_finds_the_face_where_ground_truth_says(sample_session):
+    """MTCNN on decoded 4K frames agrees with the ground-truth face box."""
+    from facenet_pytorch import MTCNN
+
+    mtcnn = MTCNN(keep_all=True, device="cpu")
+    f = _frames(sample_session, "take02")
+    with KinectRecording(sample_session / "takes/take02/kinect.mkv") as rec:
+        for i, _, img in rec.frames(scale=4, step=150):
+            boxes, probs = mtcnn.detect(img)
+            assert boxes is not None and len(boxes) == 1, i
+            box = boxes[0] * 4
+            gt_box = f["face_box"][i]
+            ix = max(0, min(box[2], gt_box[2]) - max(box[0], gt_box[0]))
+            iy = max(0, min(box[3], gt_box[3]) - max(box[1], gt_box[1]))
+            union = (box[2] - box[0]) * (box[3] - box[1]) + (gt_box[2] - gt_box[0]) * (gt_box[3] - gt_box[1])
+            assert ix * iy / (union - ix * iy) > 0.5, i
+
+
+def test_same_seed_same_session(tmp_path):
+    a = build_sample_session(tmp_path / "a", seed=3, duration_s=1.0)
+    b = build_sample_session(tmp_path / "b", seed=3, duration_s=1.0)
+    c = build_sample_session(tmp_path / "c", seed=4, duration_s=1.0)
+    for name in ("takes/take01/mic.wav", "songs/take02.flac", "takes/take01/kinect.mkv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "takes/take01/mic.wav").read_bytes() != (c / "takes/take01/mic.wav").read_bytes()
