@@ -48,7 +48,9 @@ def main() -> dict:
         for scale, lowres in ((1, 0), (4, 2)):
             ref = ffmpeg_decode(video, lowres)
             took, n = ours(video, scale)
-            result[f"scale{scale}"] = {"frames": n, "fps": n / took, "ffmpeg_fps": n / ref, "ratio_vs_ffmpeg": took / ref}
+            result[f"scale{scale}"] = {
+                "frames": n, "fps": n / took, "ffmpeg_fps": n / ref, "ratio_vs_ffmpeg": took / ref,
+            }
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = Path(__file__).parent / "results" / "kinect_decode.json"
     out.parent.mkdir(exist_ok=True)

@@ -1,5 +1,6 @@
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from singinghead.storage.catalog import Catalog
 def test_atomic_write_and_checksum(tmp_path):
     url = str(tmp_path / "a" / "b.json")
     ref = files.write_json_atomic(url, {"x": 1})
-    data = open(url, "rb").read()
+    data = Path(url).read_bytes()
     assert ref.sha256 == hashlib.sha256(data).hexdigest() == files.sha256_file(url)[0]
     assert ref.size == len(data)
     assert os.listdir(tmp_path / "a") == ["b.json"]  # no temp file left behind
@@ -20,7 +21,7 @@ def test_crash_during_write_publishes_nothing(tmp_path):
     url = tmp_path / "out.bin"
     url.write_bytes(b"finished before")
     with pytest.raises(RuntimeError), files.atomic_output(url) as tmp:
-        open(tmp, "wb").write(b"half")
+        Path(tmp).write_bytes(b"half")
         raise RuntimeError("worker died")
     assert url.read_bytes() == b"finished before"
     assert os.listdir(tmp_path) == ["out.bin"]

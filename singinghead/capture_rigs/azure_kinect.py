@@ -202,12 +202,15 @@ class KinectRecording:
 
     # -- frames --------------------------------------------------------------------------
     def frames(
-        self, scale: int = 1, start: int = 0, stop: int | None = None, step: int = 1, threads: int = 0
-    ) -> Iterator[tuple[int, float, np.ndarray]]:
+        self, scale: int = 1, start: int = 0, stop: int | None = None, step: int = 1, threads: int = 0,
+        skip_corrupt: bool = False,
+    ) -> Iterator[tuple[int, float, np.ndarray | None]]:
         """Yield (frame index, timestamp s, RGB uint8 H×W×3) for frames start:stop:step.
 
         `scale` 2/4/8 decodes MJPEG at reduced resolution inside the decoder. Frames are
-        streamed; memory stays at a few frames whatever the take's length.
+        streamed; memory stays at a few frames whatever the take's length. With `skip_corrupt`
+        a frame that cannot be decoded is yielded as None (so callers can report its number)
+        instead of raising; decoding is then sliced, not frame-threaded, so errors map to frames.
         """
         if scale not in _LOWRES:
             raise ValueError(f"scale must be one of {sorted(_LOWRES)}")
@@ -218,7 +221,7 @@ class KinectRecording:
                 if ctx.name != "mjpeg":
                     raise InputError(self.path, f"reduced-resolution decode needs MJPEG, track is {ctx.name}")
                 ctx.options = {"lowres": str(_LOWRES[scale])}
-            ctx.thread_type = "FRAME"
+            ctx.thread_type = "SLICE" if skip_corrupt else "FRAME"
             ctx.thread_count = threads
             tb = float(stream.time_base)
             intra_only = ctx.name == "mjpeg"
@@ -236,7 +239,17 @@ class KinectRecording:
                         continue  # MJPEG frames are independent: skipped ones are never decoded
                     if wanted:
                         index_of_pts[packet.pts] = index
-                    for frame in packet.decode():
+                    if skip_corrupt:
+                        try:
+                            decoded = packet.decode()
+                        except av.error.FFmpegError:
+                            decoded = []
+                        if wanted and not decoded:
+                            yield index_of_pts.pop(packet.pts), packet.pts * tb, None
+                            continue
+                    else:
+                        decoded = packet.decode()
+                    for frame in decoded:
                         if frame.pts in index_of_pts:
                             yield index_of_pts.pop(frame.pts), frame.pts * tb, frame.to_ndarray(format="rgb24")
                 for frame in ctx.decode(None):  # drain the threaded decoder

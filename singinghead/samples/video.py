@@ -121,8 +121,9 @@ def background() -> np.ndarray:
     return np.stack([base * 0.95, base, base * 1.08], axis=2).astype(np.uint8)
 
 
-def render_frame(src: np.ndarray, wall: np.ndarray, motion: HeadMotion, i: int) -> np.ndarray:
-    frame = wall.copy()
+def render_frame(src: np.ndarray, wall: np.ndarray, motion: HeadMotion, i: int, frame=None) -> np.ndarray:
+    """Draw the photo for frame i onto a copy of `wall` (or onto `frame` when given)."""
+    frame = wall.copy() if frame is None else frame
     photo = open_jaw(src, float(motion.jaw_px[i]))
     m = motion.affine(i)
     h, w = photo.shape[:2]
@@ -157,9 +158,14 @@ def kinect_calibration(fx_px: float = 1800.0) -> dict:
 
 
 def write_kinect_mkv(
-    path: Path, motion: HeadMotion, ffmpeg: str, start_offset_ns: int, quality: int = 8, seed: int = 0
+    path: Path, motion: HeadMotion, ffmpeg: str, start_offset_ns: int, quality: int = 8, seed: int = 0,
+    hidden: range = range(0), second_person: HeadMotion | None = None,
 ) -> None:
-    """Render every frame and pipe it once into ffmpeg → MJPEG Matroska with K4A tags."""
+    """Render every frame and pipe it once into ffmpeg → MJPEG Matroska with K4A tags.
+
+    `hidden` frames show the empty studio (the singer stepped away); `second_person` adds
+    another copy of the photo with its own motion (someone else in the shot).
+    """
     n = len(motion.scale)
     calib = path.parent / "calibration.json"
     calib.write_text(json.dumps(kinect_calibration(), indent=2))
@@ -184,7 +190,12 @@ def write_kinect_mkv(
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         for i in range(n):
-            proc.stdin.write(render_frame(src, wall, motion, i).tobytes())
+            frame = wall.copy()
+            if second_person is not None:
+                render_frame(src, wall, second_person, i, frame)
+            if i not in hidden:
+                render_frame(src, wall, motion, i, frame)
+            proc.stdin.write(frame.tobytes())
         proc.stdin.close()
         err = proc.stderr.read().decode(errors="replace")
         if proc.wait() != 0:
