@@ -57,9 +57,26 @@ def _print_summary(summary: dict) -> None:
             "\n".join(t.problems) or "–",
         )
     console.print(table)
-    ran = summary["submitted"]
+
+    crops = files.read_json(summary["crop_report"])
+    seg_table = Table(title="portrait segments (1024², H.264)")
+    for col in ("take", "kept", "dropped", "seconds", "cuts", "files"):
+        seg_table.add_column(col)
+    for take_id, c in crops.items():
+        if "segments_kept" not in c:
+            seg_table.add_row(take_id, "–", "–", "–", f"[red]{c['status']}[/] {c.get('problem', '')}", "")
+            continue
+        cuts = "\n".join(f"frame {x['frame']}: {x['reason']}" for x in c["cuts"] if x["reason"] != "end of take")
+        seg_table.add_row(take_id, str(c["segments_kept"]), str(c["segments_dropped"]), f"{c['seconds_kept']:.1f}",
+                          cuts or "–", "\n".join(Path(u).name for u in summary["segments"].get(take_id, [])))
+    console.print(seg_table)
+    ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]))
     console.print(f"takes processed this run: {', '.join(ran) if ran else 'none (everything was up to date)'}")
     console.print(f"ingest report: {summary['report']}")
+    console.print(f"crop report:   {summary['crop_report']}")
+    for take_id, urls in summary["segments"].items():
+        if urls:
+            console.print(f"segments of {take_id}: {str(Path(urls[0]).parent)}/")
     console.print(f"catalog: {summary['out']}/catalog")
 
 

@@ -1,13 +1,16 @@
 """`process_session`: one capture session → processed artifacts, take by take, on Dask.
 
 The flow validates the manifest, checksums raw files (stat-cached, read-only), asks the catalog
-which takes still need work and submits only those as Prefect tasks to a DaskTaskRunner (a
-local cluster by default, an existing scheduler with `dask_address`). A failed take is reported
-and the others finish. Re-running an unchanged session submits no task at all.
+which steps of which takes still need work and submits only those as Prefect tasks to a
+DaskTaskRunner (a local cluster by default, an existing scheduler with `dask_address`).
+Steps per take: ingest (probe and check the streams) → crop (portrait segments; GPU-tagged).
+A failed take is reported and the others finish. Re-running an unchanged session submits no
+task at all.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
 from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
-from singinghead.tasks import ingest
+from singinghead.tasks import crop, ingest
 
 
 def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
@@ -43,6 +46,18 @@ def ingest_markdown(report: IngestReport) -> str:
         problems = "; ".join(t.problems) or "–"
         rows.append(f"| {t.take_id} | {t.status} | {video} | {mic} | {song} | {problems} |")
     return f"# Ingest of session `{report.session_id}` (subject `{report.subject_id}`)\n\n" + "\n".join(rows) + "\n"
+
+
+def crop_markdown(session_id: str, summaries: dict[str, dict]) -> str:
+    rows = ["| take | segments kept | dropped | seconds kept | cuts | warnings |", "|---|---|---|---|---|---|"]
+    for take_id, s in summaries.items():
+        if "segments_kept" not in s:
+            rows.append(f"| {take_id} | – | – | – | – | {s['status']}: {s.get('problem', '')} |")
+            continue
+        cuts = "; ".join(f"{c['frame']}: {c['reason']}" for c in s["cuts"] if c["reason"] != "end of take")
+        rows.append(f"| {take_id} | {s['segments_kept']} | {s['segments_dropped']} | {s['seconds_kept']:.1f} | "
+                    f"{cuts or '–'} | {'; '.join(s['warnings']) or '–'} |")
+    return f"# Portrait segments of session `{session_id}`\n\n" + "\n".join(rows) + "\n"
 
 
 def _publish_if_changed(url: str, data: bytes) -> None:
@@ -74,6 +89,31 @@ def process_session(session_dir: str, out: str) -> dict:
         ref = future.result()
         results[take_id] = TakeIngest.model_validate(files.read_json(ref.url))
 
+    # Crop: every take that ingest did not fail, GPU-tagged, submitted only when not done yet.
+    crops: dict[str, dict] = {}
+    crop_futures = {}
+    for take in manifest.takes:
+        if results[take.id].status == "failed":
+            crops[take.id] = {"status": "skipped", "problem": "ingest failed"}
+            continue
+        video = next(f for f in results[take.id].files if f.role == "video")
+        done = crop.done_outputs(out, video.sha256)
+        if done is not None:
+            crops[take.id] = {"status": "ok", "refs": done}
+        else:
+            crop_futures[take.id] = crop.crop_take_task.submit(
+                str(root), manifest.session_id, take.id, take.video, video.sha256, out)
+    for take_id, future in crop_futures.items():
+        try:
+            crops[take_id] = {"status": "ok", "refs": future.result()}
+        except Exception as exc:  # one bad take never sinks the session
+            crops[take_id] = {"status": "failed", "problem": str(exc)}
+            logger.error("take %s: crop failed: %s", take_id, exc)
+    crop_summaries = {
+        take_id: crop.read_summary(c["refs"]).model_dump(mode="json") if c["status"] == "ok" else c
+        for take_id, c in crops.items()
+    }
+
     report = IngestReport(
         session_id=manifest.session_id, subject_id=manifest.subject.id, manifest_sha256=manifest_sha,
         takes=[results[t.id] for t in manifest.takes],
@@ -83,10 +123,15 @@ def process_session(session_dir: str, out: str) -> dict:
     _publish_if_changed(files.join(session_url, "ingest_report.json"),
                         (report.model_dump_json(indent=2) + "\n").encode())
     _publish_if_changed(files.join(session_url, "ingest_report.md"), markdown.encode())
-    create_markdown_artifact(
-        key=re.sub(r"[^a-z0-9-]", "-", f"ingest-{manifest.session_id}".lower()), markdown=markdown,
-        description=f"Ingest report of session {manifest.session_id}",
-    )
+    crop_md = crop_markdown(manifest.session_id, crop_summaries)
+    _publish_if_changed(files.join(session_url, "crop_report.json"),
+                        (json.dumps(crop_summaries, indent=2, sort_keys=True) + "\n").encode())
+    _publish_if_changed(files.join(session_url, "crop_report.md"), crop_md.encode())
+    for name, text in (("ingest", markdown), ("crop", crop_md)):
+        create_markdown_artifact(
+            key=re.sub(r"[^a-z0-9-]", "-", f"{name}-{manifest.session_id}".lower()), markdown=text,
+            description=f"{name} report of session {manifest.session_id}",
+        )
     catalog.register_session(manifest.session_id, {
         "session_dir": str(root), "subject_id": manifest.subject.id, "manifest_sha256": manifest_sha,
         "takes": {t.take_id: t.status for t in report.takes},
@@ -99,6 +144,12 @@ def process_session(session_dir: str, out: str) -> dict:
         "session_id": manifest.session_id,
         "out": out,
         "submitted": sorted(futures),
+        "crop_submitted": sorted(crop_futures),
+        "segments": {
+            take_id: [r.url for r in c["refs"] if r.meta.get("kind") == "portrait_video"]
+            for take_id, c in crops.items() if c["status"] == "ok"
+        },
+        "crop_report": files.join(session_url, "crop_report.json"),
         "takes": {t.take_id: t.status for t in report.takes},
         "report": files.join(session_url, "ingest_report.json"),
     }

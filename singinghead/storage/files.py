@@ -80,6 +80,9 @@ def atomic_output(url: str | Path, suffix: str = "") -> Iterator[str]:
         os.close(fd)
         try:
             yield tmp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; published files get the usual mode
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):

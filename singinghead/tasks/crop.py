@@ -51,6 +51,7 @@ class CropParams:
     analysis_scale: int = 2  # MJPEG decoded at 1/2 for analysis (landmarks need the detail)
     check_every: int = 6  # frames between checks (paper: landmarks every 6 frames)
     detect_width: int = 640  # MTCNN input width for whole-frame detection
+    crop_detect_width: int = 256  # MTCNN input width inside the crop
     box_scale: float = 2.0  # crop side / larger side of the face box
     box_shift_up: float = 0.1
     border_margin: float = 0.06  # × crop side
@@ -89,16 +90,24 @@ class FaceAnalyser:
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.mtcnn = MTCNN(keep_all=True, device=device, post_process=False)
+        # Whole frames: faces from 40 px up. Crops: the face fills about half the crop, so a
+        # 256 px input with 64 px minimum faces keeps MTCNN's image pyramid to three levels.
+        self.mtcnn = MTCNN(keep_all=True, device=device, post_process=False, min_face_size=40)
+        self.mtcnn_crop = MTCNN(keep_all=True, device=device, post_process=False, min_face_size=64)
         self.predictor = dlib.shape_predictor(dlib_landmark_model())
         self._dlib = dlib
 
-    def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Face boxes (N, 4: x0, y0, x1, y1) and probabilities (N,) in `rgb`'s pixels."""
-        boxes, probs = self.mtcnn.detect(rgb)
+    def detect(self, rgb: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Face boxes (N, 4: x0, y0, x1, y1) and probabilities (N,) in `rgb`'s pixels.
+
+        With `width`, the image is first shrunk to that width (crop mode, faster pyramid).
+        """
+        scale = min(1.0, width / rgb.shape[1]) if width else 1.0
+        small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        boxes, probs = (self.mtcnn_crop if width else self.mtcnn).detect(small)
         if boxes is None:
             return np.zeros((0, 4)), np.zeros(0)
-        return np.asarray(boxes, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+        return np.asarray(boxes, dtype=np.float64) / scale, np.asarray(probs, dtype=np.float64)
 
     def landmarks(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
         rect = self._dlib.rectangle(*(int(round(v)) for v in box))
@@ -166,9 +175,8 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
             segments.append(seg)
 
         def open_segment(idx: int, img: np.ndarray) -> Segment | None:
-            scale = p.detect_width / img.shape[1]
+            scale = min(1.0, p.detect_width / img.shape[1])
             small = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
-            scale = min(scale, 1.0)
             boxes, probs = analyser.detect(small)
             boxes = boxes / scale * s
             chosen = choose_face(boxes, probs, width, height, p.min_score)
@@ -186,7 +194,7 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
             """MTCNN inside the crop, dlib landmarks on the (largest) face: (lmk, prob, n) or None."""
             x0, y0, side = (v // s for v in seg.box)
             crop = np.ascontiguousarray(img[y0:y0 + side, x0:x0 + side])
-            boxes, probs = analyser.detect(crop)
+            boxes, probs = analyser.detect(crop, width=p.crop_detect_width)
             faces = np.flatnonzero(probs >= p.min_score)
             if len(faces) == 0:
                 return None
@@ -324,13 +332,24 @@ def crop_take(video: str | Path, take_id: str, out_dir: str, p: CropParams) -> l
     return refs
 
 
+def _catalog_params(p: CropParams) -> dict:
+    """Parameters that change the output (not how many encoders run, nor the device)."""
+    return {k: v for k, v in p.as_dict().items() if k not in ("encode_workers", "device")}
+
+
+def done_outputs(out: str, video_sha256: str, params: CropParams | None = None) -> list[ArtifactRef] | None:
+    """The artifacts of an identical earlier crop, if the catalog has them intact."""
+    done = Catalog(out).lookup(STEP, VERSION, _catalog_params(params or CropParams()), {"video": video_sha256})
+    return done.outputs if done is not None else None
+
+
 def crop_for_take(session_dir: str, session_id: str, take_id: str, video_rel: str, video_sha256: str, out: str,
                   params: CropParams | None = None) -> list[ArtifactRef]:
     """Catalog-aware crop of one take (skips when done with the same video, version and params)."""
     p = params or CropParams()
     catalog = Catalog(out)
     inputs = {"video": video_sha256}
-    settings = {k: v for k, v in p.as_dict().items() if k not in ("encode_workers", "device")}
+    settings = _catalog_params(p)
     done = catalog.lookup(STEP, VERSION, settings, inputs)
     if done is not None:
         return done.outputs
