@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -24,8 +25,17 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def sample_session(tmp_path_factory) -> Path:
     """The full embedded sample session: 2 takes × 20 s of 4K MJPEG. Read-only for tests."""
-    from singinghead.samples.session import build_sample_session
+    from singinghead.samples.session import GENERATOR_VERSION, build_sample_session
 
+    # Developers may keep one built session between runs (it is deterministic): set
+    # SINGINGHEAD_TEST_SESSION_CACHE to a folder. CI builds it afresh.
+    cache = os.environ.get("SINGINGHEAD_TEST_SESSION_CACHE")
+    if cache:
+        session = Path(cache) / f"sample-v{GENERATOR_VERSION}"
+        if not (session / "ground_truth" / "README.md").is_file():
+            shutil.rmtree(session, ignore_errors=True)
+            build_sample_session(session, seed=0)
+        return session
     return build_sample_session(tmp_path_factory.mktemp("sample") / "session", seed=0)
 
 
@@ -43,3 +53,25 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under root: (sha256, mtime_ns)."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def processed_sample(sample_session, tmp_path_factory, prefect_harness) -> dict:
+    """process_session run twice on the sample session (real Prefect API, local Dask cluster)."""
+    from singinghead.flows.process_session import run_process_session
+
+    out = tmp_path_factory.mktemp("processed")
+    raw_before = snapshot(sample_session)
+    first = run_process_session(sample_session, out)
+    after_first = snapshot(out)
+    second = run_process_session(sample_session, out)
+    return {"out": out, "first": first, "second": second, "raw_before": raw_before,
+            "raw_after": snapshot(sample_session), "after_first": after_first, "after_second": snapshot(out)}

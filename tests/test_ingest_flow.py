@@ -1,8 +1,6 @@
 """process_session under a real Prefect API, on a local Dask cluster of worker processes."""
 
-import hashlib
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +14,6 @@ from singinghead.schemas.artifacts import IngestReport
 from singinghead.storage import files
 
 
-def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*")) if p.is_file()
-    }
-
-
 def _task_runs(flow_run_id: str):
     with get_client(sync_client=True) as client:
         return client.read_task_runs(
@@ -30,14 +21,8 @@ def _task_runs(flow_run_id: str):
 
 
 @pytest.fixture(scope="module")
-def two_runs(sample_session, tmp_path_factory, prefect_harness):
-    out = tmp_path_factory.mktemp("processed")
-    raw_before = _snapshot(sample_session)
-    first = run_process_session(sample_session, out)
-    after_first = _snapshot(out)
-    second = run_process_session(sample_session, out)
-    return {"out": out, "first": first, "second": second, "raw_before": raw_before,
-            "raw_after": _snapshot(sample_session), "after_first": after_first, "after_second": _snapshot(out)}
+def two_runs(processed_sample):
+    return processed_sample
 
 
 def test_ingest_report(two_runs):
@@ -57,13 +42,16 @@ def test_takes_ran_as_prefect_tasks_on_dask(two_runs):
     runs = _task_runs(two_runs["first"]["flow_run_id"])
     ingest_runs = sorted(r.name for r in runs if r.name.startswith("ingest-"))
     assert ingest_runs == ["ingest-take01", "ingest-take02"]
+    crop_runs = [r for r in runs if r.name.startswith("crop-")]
+    assert sorted(r.name for r in crop_runs) == ["crop-take01", "crop-take02"]
+    assert all("gpu" in r.tags for r in crop_runs)
     assert all(r.state.is_completed() for r in runs)
     assert two_runs["first"]["submitted"] == ["take01", "take02"]
 
 
 def test_rerun_does_no_work_and_changes_nothing(two_runs):
-    assert two_runs["second"]["submitted"] == []
-    assert not [r for r in _task_runs(two_runs["second"]["flow_run_id"]) if r.name.startswith("ingest-")]
+    assert two_runs["second"]["submitted"] == two_runs["second"]["crop_submitted"] == []
+    assert _task_runs(two_runs["second"]["flow_run_id"]) == []
     assert two_runs["after_second"] == two_runs["after_first"]  # same bytes, not even rewritten
 
 

@@ -86,6 +86,12 @@ def _segment_size_problem(path: Path) -> str | None:
     return None
 
 
+def _looks_like_jpeg(packet) -> bool:
+    """Cheap integrity check of an MJPEG frame without decoding it: SOI first, EOI at the end."""
+    data = memoryview(packet)
+    return len(data) > 4 and data[0] == 0xFF and data[1] == 0xD8 and b"\xff\xd9" in bytes(data[-16:])
+
+
 class KinectRecording:
     """Read-only access to one Azure Kinect .mkv take."""
 
@@ -210,7 +216,9 @@ class KinectRecording:
         `scale` 2/4/8 decodes MJPEG at reduced resolution inside the decoder. Frames are
         streamed; memory stays at a few frames whatever the take's length. With `skip_corrupt`
         a frame that cannot be decoded is yielded as None (so callers can report its number)
-        instead of raising; decoding is then sliced, not frame-threaded, so errors map to frames.
+        instead of raising; decoding is then sliced, not frame-threaded, so errors map to frames,
+        and every MJPEG frame, even one not asked for, is checked for its JPEG start and end
+        markers, so a damaged stretch is reported whatever the step.
         """
         if scale not in _LOWRES:
             raise ValueError(f"scale must be one of {sorted(_LOWRES)}")
@@ -235,6 +243,10 @@ class KinectRecording:
                     if stop is not None and index >= stop:
                         break
                     wanted = index >= start and (index - start) % step == 0
+                    if skip_corrupt and intra_only and not _looks_like_jpeg(packet):
+                        index_of_pts.pop(packet.pts, None)
+                        yield index, packet.pts * tb, None  # truncated or overwritten frame
+                        continue
                     if not wanted and intra_only:
                         continue  # MJPEG frames are independent: skipped ones are never decoded
                     if wanted:

@@ -269,7 +269,9 @@ def encode_segment(video: str | Path, seg: Segment, timestamps: np.ndarray, out_
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-threads", str(threads),
         "-ss", f"{start:.6f}", "-i", str(video), "-map", "0:v:0", "-frames:v", str(n),
-        "-vf", f"crop={side}:{side}:{x0}:{y0},scale={p.output_size}:{p.output_size}:flags=bicubic,format=yuv420p",
+        # MJPEG is full range; the portrait is the usual limited-range yuv420p.
+        "-vf", f"crop={side}:{side}:{x0}:{y0},"
+               f"scale={p.output_size}:{p.output_size}:flags=bicubic:out_range=tv,format=yuv420p",
         "-c:v", "libx264", "-preset", p.preset, "-crf", str(p.crf), "-threads", str(threads),
         "-fps_mode", "passthrough", "-an", "-movflags", "+faststart", "-f", "mp4", out_path,
     ]
