@@ -25,7 +25,7 @@ from singinghead.samples import audio, video
 from singinghead.schemas.manifest import CaptureLog, SessionManifest, Song, Subject, Take, write_manifest
 from singinghead.storage.assets import ffmpeg_exe
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 MIC_SR, SONG_SR = 48_000, 44_100
 
 #: Per take: song metadata, leans [(s, Δx px)], log offsets, and the log's error on video→mic.
@@ -90,7 +90,11 @@ def build_sample_session(
         take_dir.mkdir(parents=True, exist_ok=True)
         song_vocals, accomp, dry, mouth = _take_audio(spec, duration_s, rng)
 
-        song = np.clip(song_vocals + accomp, -1, 1)
+        # Mix like a record: the accompaniment as loud (RMS) as the voice, peaks below full scale.
+        accomp = accomp * np.sqrt(np.mean(song_vocals**2) / np.mean(accomp**2))
+        gain = 0.9 / np.abs(song_vocals + accomp).max()
+        song_vocals, accomp = (song_vocals * gain).astype(np.float32), (accomp * gain).astype(np.float32)
+        song = song_vocals + accomp
         sf.write(out / "songs" / f"{spec['id']}.flac", song, SONG_SR, subtype="PCM_24")
         sf.write(gt_dir / f"{spec['id']}_song_vocals.wav", song_vocals, SONG_SR, subtype="FLOAT")
         sf.write(gt_dir / f"{spec['id']}_song_accompaniment.wav", accomp, SONG_SR, subtype="FLOAT")

@@ -23,6 +23,16 @@ class Settings(BaseSettings):
     dask_threads_per_worker: int = 1
     #: FLAME 2020/2023 `generic_model.pkl` folder (with landmark embedding and FLAME_masks.pkl).
     flame_dir: Path | None = None
+    #: Vocal removal backend: builtin (no weights), demucs (local model folder) or spleeter.
+    separation_backend: str = "builtin"
+    #: Folder with demucs models in demucs' own format (`<sig>.th`, optional `<name>.yaml` bags).
+    demucs_dir: Path | None = None
+    #: Model name in that folder (a bag name such as `htdemucs`, or a single signature).
+    demucs_model: str = "htdemucs"
+    #: Python environment where spleeter 2.4.2 is installed (its pins need Python < 3.12, numpy < 2).
+    spleeter_env: Path | None = None
+    #: Spleeter's `pretrained_models` folder (its MODEL_PATH), so it never downloads.
+    spleeter_models: Path | None = None
 
 
 def get_settings() -> Settings:
