@@ -70,13 +70,29 @@ def _print_summary(summary: dict) -> None:
         seg_table.add_row(take_id, str(c["segments_kept"]), str(c["segments_dropped"]), f"{c['seconds_kept']:.1f}",
                           cuts or "–", "\n".join(Path(u).name for u in summary["segments"].get(take_id, [])))
     console.print(seg_table)
-    ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]))
+    audio_reports = files.read_json(summary["audio_report"])
+    sync = Table(title="audio: offsets (s) and per-segment WAVs (16 kHz: singing, BGM)")
+    for col in ("take", "dry vocal → song", "video → mic", "flags", "files"):
+        sync.add_column(col)
+    for take_id, r in audio_reports.items():
+        if "song_offset" not in r:
+            sync.add_row(take_id, "–", "–", f"[red]{r['status']}[/] {r.get('problem', '')}", "")
+            continue
+        so, vo = r["song_offset"], r["video_offset"]
+        sync.add_row(take_id, f"{so['offset_s']:.3f} (log {so['log_s']:.3f})",
+                     f"{vo['offset_s']:.3f} (log {vo['log_s']:.3f})", "\n".join(r["flags"]) or "–",
+                     "\n".join(Path(u).name for u in summary["audio"].get(take_id, [])))
+    console.print(sync)
+    ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]) | set(summary["audio_submitted"]))
     console.print(f"takes processed this run: {', '.join(ran) if ran else 'none (everything was up to date)'}")
     console.print(f"ingest report: {summary['report']}")
     console.print(f"crop report:   {summary['crop_report']}")
     for take_id, urls in summary["segments"].items():
         if urls:
             console.print(f"segments of {take_id}: {str(Path(urls[0]).parent)}/")
+    for take_id, urls in summary["audio"].items():
+        if urls:
+            console.print(f"audio of {take_id}:    {str(Path(urls[0]).parent)}/")
     console.print(f"catalog: {summary['out']}/catalog")
 
 

@@ -3,7 +3,8 @@
 The flow validates the manifest, checksums raw files (stat-cached, read-only), asks the catalog
 which steps of which takes still need work and submits only those as Prefect tasks to a
 DaskTaskRunner (a local cluster by default, an existing scheduler with `dask_address`).
-Steps per take: ingest (probe and check the streams) → crop (portrait segments; GPU-tagged).
+Steps per take: ingest (probe and check the streams) → crop (portrait segments; GPU-tagged)
+→ audio (vocal removal, sync offsets, dense landmarks, per-segment singing audio and BGM).
 A failed take is reported and the others finish. Re-running an unchanged session submits no
 task at all.
 """
@@ -23,7 +24,7 @@ from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
 from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
-from singinghead.tasks import crop, ingest
+from singinghead.tasks import audio, crop, ingest
 
 
 def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
@@ -58,6 +59,21 @@ def crop_markdown(session_id: str, summaries: dict[str, dict]) -> str:
         rows.append(f"| {take_id} | {s['segments_kept']} | {s['segments_dropped']} | {s['seconds_kept']:.1f} | "
                     f"{cuts or '–'} | {'; '.join(s['warnings']) or '–'} |")
     return f"# Portrait segments of session `{session_id}`\n\n" + "\n".join(rows) + "\n"
+
+
+def audio_markdown(session_id: str, reports: dict[str, dict]) -> str:
+    rows = ["| take | dry vocal → song (s) | video → mic (s) | separation | flags |", "|---|---|---|---|---|"]
+    for take_id, r in reports.items():
+        if "song_offset" not in r:
+            rows.append(f"| {take_id} | – | – | – | {r['status']}: {r.get('problem', '')} |")
+            continue
+
+        def show(o):
+            return (f"{o['offset_s']:.3f} measured (log {o['log_s']:.3f}, corr {o['correlation']:.2f}, "
+                    f"peak ×{o['peak_ratio']:.1f}); used {o['used_s']:.3f} from the {o['source']}")
+        rows.append(f"| {take_id} | {show(r['song_offset'])} | {show(r['video_offset'])} | "
+                    f"{r['separation']['backend']} | {'; '.join(r['flags']) or '–'} |")
+    return f"# Audio of session `{session_id}`\n\n" + "\n".join(rows) + "\n"
 
 
 def _publish_if_changed(url: str, data: bytes) -> None:
@@ -109,6 +125,31 @@ def process_session(session_dir: str, out: str) -> dict:
         except Exception as exc:  # one bad take never sinks the session
             crops[take_id] = {"status": "failed", "problem": str(exc)}
             logger.error("take %s: crop failed: %s", take_id, exc)
+    # Audio: separation (cached per song), sync offsets, per-segment singing audio and BGM.
+    audios: dict[str, dict] = {}
+    audio_futures = {}
+    for take in manifest.takes:
+        if crops[take.id]["status"] != "ok":
+            continue
+        raw = {f.role: f.sha256 for f in results[take.id].files}
+        args = (take, raw["song"], raw["mic"], crops[take.id]["refs"])
+        done = audio.done_outputs(out, *args)
+        if done is not None:
+            audios[take.id] = {"status": "ok", "refs": done}
+        else:
+            audio_futures[take.id] = audio.audio_take_task.submit(
+                str(root), manifest.session_id, take, raw["song"], raw["mic"], results[take.id].video.first_pts_s,
+                crops[take.id]["refs"], out)
+    for take_id, future in audio_futures.items():
+        try:
+            audios[take_id] = {"status": "ok", "refs": future.result()}
+        except Exception as exc:  # one bad take never sinks the session
+            audios[take_id] = {"status": "failed", "problem": str(exc)}
+            logger.error("take %s: audio failed: %s", take_id, exc)
+    audio_reports = {
+        take_id: audio.read_report(a["refs"]) if a["status"] == "ok" else a for take_id, a in audios.items()
+    }
+
     crop_summaries = {
         take_id: crop.read_summary(c["refs"]).model_dump(mode="json") if c["status"] == "ok" else c
         for take_id, c in crops.items()
@@ -127,7 +168,11 @@ def process_session(session_dir: str, out: str) -> dict:
     _publish_if_changed(files.join(session_url, "crop_report.json"),
                         (json.dumps(crop_summaries, indent=2, sort_keys=True) + "\n").encode())
     _publish_if_changed(files.join(session_url, "crop_report.md"), crop_md.encode())
-    for name, text in (("ingest", markdown), ("crop", crop_md)):
+    _publish_if_changed(files.join(session_url, "audio_report.json"),
+                        (json.dumps(audio_reports, indent=2, sort_keys=True) + "\n").encode())
+    audio_md = audio_markdown(manifest.session_id, audio_reports)
+    _publish_if_changed(files.join(session_url, "audio_report.md"), audio_md.encode())
+    for name, text in (("ingest", markdown), ("crop", crop_md), ("audio", audio_md)):
         create_markdown_artifact(
             key=re.sub(r"[^a-z0-9-]", "-", f"{name}-{manifest.session_id}".lower()), markdown=text,
             description=f"{name} report of session {manifest.session_id}",
@@ -150,6 +195,12 @@ def process_session(session_dir: str, out: str) -> dict:
             for take_id, c in crops.items() if c["status"] == "ok"
         },
         "crop_report": files.join(session_url, "crop_report.json"),
+        "audio_submitted": sorted(audio_futures),
+        "audio": {
+            take_id: [r.url for r in a["refs"] if r.meta.get("kind") in ("singing", "bgm")]
+            for take_id, a in audios.items() if a["status"] == "ok"
+        },
+        "audio_report": files.join(session_url, "audio_report.json"),
         "takes": {t.take_id: t.status for t in report.takes},
         "report": files.join(session_url, "ingest_report.json"),
     }

@@ -76,11 +76,14 @@ def sing(
     """Render a voice singing `notes`; returns (mono float32 signal, mouth-opening 0..1).
 
     `timbre_shift` scales the formants (another singer); `timing_jitter_s` is the standard
-    deviation of per-note timing deviations (a singer following a song is never exact).
+    deviation of per-note timing deviations (a singer following a song is never exact); they
+    average to zero over the take, which is what makes "the" offset of a take well defined.
     """
     n = int(round(duration_s * sr))
     rng = rng or np.random.default_rng(0)
     shifts = rng.normal(0.0, timing_jitter_s, len(notes)) if timing_jitter_s else np.zeros(len(notes))
+    if len(shifts):
+        shifts -= shifts.mean()  # early here, late there: on average the singer is on the beat
     env = _envelope(n, sr, notes, attack=0.04, release=0.08, shift_s=shifts)
 
     # Per-sample f0 (with 5.5 Hz vibrato) and formants, held through rests for continuity.

@@ -3,10 +3,10 @@
 (a) Dry vocal vs song. The singer sang along with the song, so the dry vocal and the song's
 separated vocal share a melody and a syllable rhythm, not a waveform. Both are reduced to
 features a different voice keeps — a log-loudness onset envelope and a 12-d chroma at 100 Hz —
-and cross-correlated over every lag (FFT); the best lag is refined on the onset envelopes at
-1 kHz with a parabolic peak. Per-note timing deviations of the singer only blur the peak, they
-do not move it. Confidence = normalised correlation at the peak and its ratio to the best lag
-more than 250 ms away.
+and cross-correlated over every lag (FFT). At the best lag each sung note onset (1 kHz onset
+envelope) is matched to the nearest onset of the song's vocal within 60 ms, and the trimmed
+mean of those differences refines the offset: the singer's early and late notes average out.
+Confidence = correlation at the peak and its ratio to the best lag more than 250 ms away.
 
 (b) Mic vs video. The Kinect records no audio, so the check is audio-visual: the mouth opening
 from dense landmarks on every portrait frame against the dry vocal's loudness envelope, searched
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import signal
+from scipy import signal, stats
 
 FRAME_S = 1.0 / 30.0
 
@@ -88,23 +88,25 @@ def song_offset(vocal: np.ndarray, vocal_sr: int, song_vocals: np.ndarray, song_
     far = np.abs(np.arange(len(score)) - coarse) > 0.25 * rate
     ratio = float(score[coarse] / max(score[far].max(), 1e-9)) if far.any() else float("inf")
 
-    # Refine at 1 kHz on the onset envelopes, ±30 ms around the coarse lag.
-    fine = 1000
-    a = onset_envelope(librosa.resample(vocal.astype(np.float32), orig_sr=vocal_sr, target_sr=16000), 16000, fine)
-    b = onset_envelope(librosa.resample(song_vocals.astype(np.float32), orig_sr=song_sr, target_sr=16000),
-                       16000, fine)
-    lo = max(coarse * 10 - 30, 0)
-    hi = min(coarse * 10 + 30, len(b) - len(a))
-    if hi <= lo:
+    # Refine per note: onsets of the dry vocal matched to the song vocal's nearest onset (±60 ms)
+    # at the coarse lag; the trimmed mean of their differences is the offset.
+    a = _onset_times(vocal, vocal_sr) + coarse / rate
+    b = _onset_times(song_vocals, song_sr)
+    if len(a) == 0 or len(b) == 0:
         return OffsetEstimate(coarse / rate, float(score[coarse] / 2), ratio)
-    window = b[lo: hi + len(a)]
-    c = _xcorr(a, window) / len(a)
-    k = int(np.argmax(c))
-    delta = 0.0
-    if 0 < k < len(c) - 1:
-        denom = c[k - 1] - 2 * c[k] + c[k + 1]
-        delta = 0.5 * (c[k - 1] - c[k + 1]) / denom if denom < 0 else 0.0
-    return OffsetEstimate((lo + k + delta) / fine, float(c[k]), ratio)
+    diffs = b[np.abs(b[None, :] - a[:, None]).argmin(axis=1)] - a
+    diffs = diffs[np.abs(diffs) <= 0.06]
+    offset = coarse / rate + (float(stats.trim_mean(diffs, 0.2)) if len(diffs) >= 3 else 0.0)
+    return OffsetEstimate(offset, float(score[coarse] / 2), ratio)
+
+
+def _onset_times(x: np.ndarray, sr: int) -> np.ndarray:
+    """Note onsets (s): peaks of the 1 kHz onset envelope, at least 80 ms apart."""
+    import librosa
+
+    env = onset_envelope(librosa.resample(x.astype(np.float32), orig_sr=sr, target_sr=16000), 16000, 1000)
+    peaks, _ = signal.find_peaks(env, height=0.3 * np.percentile(env, 99), distance=80)
+    return peaks / 1000.0
 
 
 def video_offset(mouth_by_segment: list[tuple[np.ndarray, np.ndarray]], vocal: np.ndarray, sr: int,

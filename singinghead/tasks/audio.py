@@ -1,0 +1,179 @@
+"""Per-take audio: separation, synchronisation and the per-segment singing audio and BGM.
+
+For each take: the song is separated (cached per song), the dry vocal's song offset and the
+mic-vs-video offset are measured (tasks.audio_sync, the latter from dense landmarks of every
+portrait frame), and each portrait segment gets its dry vocal and BGM cut sample-accurately
+from its source timestamps, written as 16 kHz mono float WAV.
+
+Offsets used for cutting: the capture log's, unless a confident measurement disagrees with it by
+more than one video frame — then the measurement, and the take is flagged either way.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import soundfile as sf
+from prefect import task
+from scipy import signal
+
+from singinghead.capture_rigs.audio_files import read_audio
+from singinghead.schemas.artifacts import ArtifactRef
+from singinghead.schemas.manifest import Take
+from singinghead.storage import files
+from singinghead.storage.catalog import Catalog, cache_key
+from singinghead.tasks import audio_sync, vocal_removal
+from singinghead.tasks.landmarks import dense_landmarks
+
+STEP = "audio"
+VERSION = "1"
+RELEASE_SR = 16_000
+FRAME_S = 1.0 / 30.0
+SILENT_DBFS = -50.0
+CLIP_LEVEL = 0.999
+
+
+def to_16k_mono(x: np.ndarray, sr: int) -> np.ndarray:
+    """Polyphase resampling to 16 kHz (exact rational ratio, linear phase: no time shift)."""
+    mono = x.mean(axis=1) if x.ndim == 2 else x
+    ratio = Fraction(RELEASE_SR, sr).limit_denominator(1000)
+    return signal.resample_poly(mono, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+def cut(x: np.ndarray, sr: int, start_s: float, duration_s: float) -> tuple[np.ndarray, float]:
+    """Samples [start, start + duration) at `sr`, zero-padded outside the recording.
+
+    Returns the cut and the share of it that had to be padded.
+    """
+    a = int(round(start_s * sr))
+    n = int(round(duration_s * sr))
+    out = np.zeros((n,) + x.shape[1:], dtype=np.float32)
+    lo, hi = max(a, 0), min(a + n, len(x))
+    if hi > lo:
+        out[lo - a: hi - a] = x[lo:hi]
+    return out, 1.0 - max(hi - lo, 0) / max(n, 1)
+
+
+def level_report(original: np.ndarray, release: np.ndarray) -> dict:
+    """Levels of a cut: clipping on the original samples; RMS, peak and the share of silent
+    20 ms frames on the 16 kHz release audio."""
+    frames = release[: len(release) // 320 * 320].reshape(-1, 320)
+    frame_db = 20 * np.log10(np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1)) + 1e-12)
+    rms = float(np.sqrt(np.mean(np.square(release, dtype=np.float64)))) if len(release) else 0.0
+    report = {
+        "rms_dbfs": float(20 * np.log10(rms + 1e-12)),
+        "peak_dbfs": float(20 * np.log10(float(np.abs(release).max(initial=0.0)) + 1e-12)),
+        "clipped_ratio": float((np.abs(original) >= CLIP_LEVEL).mean()) if original.size else 0.0,
+        "silence_ratio": float((frame_db < SILENT_DBFS).mean()) if len(frame_db) else 1.0,
+    }
+    report["flags"] = [f for f, bad in (("silent", report["silence_ratio"] > 0.9),
+                                        ("clipped", report["clipped_ratio"] > 1e-3)) if bad]
+    return report
+
+
+def choose(log_s: float, est: audio_sync.OffsetEstimate) -> tuple[float, bool, str]:
+    """(offset to use, flagged?, which) — the log unless a confident measurement says otherwise."""
+    confident = np.isfinite(est.offset_s) and est.peak_ratio >= 1.5 and est.correlation > 0.1
+    disagree = confident and abs(est.offset_s - log_s) > FRAME_S
+    return (est.offset_s, True, "measured") if disagree else (log_s, False, "capture log")
+
+
+def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: str, mic_sha256: str,
+                   first_pts_s: float, crop_refs: list[ArtifactRef], out: str, backend: str | None = None
+                   ) -> list[ArtifactRef]:
+    root = Path(session_dir)
+    catalog = Catalog(out)
+    table_ref = next(r for r in crop_refs if r.meta.get("kind") == "segments")
+    ident = vocal_removal.backend_id(backend)
+    inputs = {"song": song_sha256, "mic": mic_sha256, "segments": table_ref.sha256,
+              "capture_log": json.dumps(take.capture_log.model_dump(), sort_keys=True)}
+    params = {"separation": ident, "release_sr": RELEASE_SR}
+    done = catalog.lookup(STEP, VERSION, params, inputs)
+    if done is not None:
+        return done.outputs
+    key = cache_key(STEP, VERSION, params, inputs)
+    out_dir = files.join(out, "sessions", session_id, "takes", take.id, STEP, key[:16])
+
+    vocals_ref, accomp_ref = vocal_removal.separate_cached(root / take.song.file, song_sha256, out, ident["backend"])
+    song_vocals, song_sr = read_audio(vocals_ref.url, mono=True)
+    accomp, _ = read_audio(accomp_ref.url)
+    mic, mic_sr = read_audio(root / take.mic, mono=True)
+
+    song_est = audio_sync.song_offset(mic, mic_sr, song_vocals, song_sr)
+    mic_to_song, song_flag, song_src = choose(take.mic_to_song_s, song_est)
+
+    rows = pq.read_table(table_ref.url).to_pylist()
+    crop_dir = str(Path(table_ref.url).parent)
+    refs: list[ArtifactRef] = []
+    mouths = []
+    for row in rows:
+        dense = dense_landmarks(files.join(crop_dir, row["video"]))
+        mouths.append((np.asarray(row["timestamps_s"]) - first_pts_s, dense.mouth_opening))
+        url = files.join(out_dir, row["video"].replace(".mp4", "_landmarks.npz"))
+        with files.atomic_output(url) as tmp:
+            np.savez_compressed(tmp, landmarks=dense.landmarks.astype(np.float32), confidence=dense.confidence,
+                                mouth_opening=dense.mouth_opening, eye_closure=dense.eye_closure)
+        refs.append(files.artifact_ref(url, kind="dense_landmarks", segment_index=row["segment_index"]))
+    video_est = audio_sync.video_offset(mouths, mic, mic_sr, take.video_to_mic_s)
+    video_to_mic, video_flag, video_src = choose(take.video_to_mic_s, video_est)
+
+    segments = []
+    for row in rows:
+        start_video = row["t_start_s"] - first_pts_s
+        duration = row["n_frames"] * FRAME_S
+        mic_cut, mic_pad = cut(mic, mic_sr, start_video + video_to_mic, duration)
+        bgm_cut, bgm_pad = cut(accomp, song_sr, start_video + video_to_mic + mic_to_song, duration)
+        stem = row["video"].removesuffix(".mp4")
+        mic16, bgm16 = to_16k_mono(mic_cut, mic_sr), to_16k_mono(bgm_cut, song_sr)
+        seg = {"segment_index": row["segment_index"], "video": row["video"],
+               "singing": level_report(mic_cut, mic16), "bgm": level_report(bgm_cut, bgm16),
+               "padded_ratio": {"singing": mic_pad, "bgm": bgm_pad}}
+        for name, data in ((f"{stem}.wav", mic16), (f"{stem}_bgm.wav", bgm16)):
+            url = files.join(out_dir, name)
+            with files.atomic_output(url) as tmp:
+                sf.write(tmp, data, RELEASE_SR, subtype="FLOAT", format="WAV")
+            refs.append(files.artifact_ref(url, kind="bgm" if name.endswith("_bgm.wav") else "singing",
+                                           segment_index=row["segment_index"]))
+        segments.append(seg)
+
+    report = {
+        "take_id": take.id,
+        "song_offset": {**song_est.as_dict(), "log_s": take.mic_to_song_s, "used_s": mic_to_song,
+                        "source": song_src, "flagged": song_flag},
+        "video_offset": {**video_est.as_dict(), "log_s": take.video_to_mic_s, "used_s": video_to_mic,
+                         "source": video_src, "flagged": video_flag},
+        "separation": {**ident, "vocals": vocals_ref.url, "accompaniment": accomp_ref.url},
+        "segments": segments,
+        "flags": [f for f, on in (("song offset disagrees with the capture log", song_flag),
+                                  ("video offset disagrees with the capture log", video_flag)) if on]
+        + sorted({f"segment {s['segment_index']}: singing {f}" for s in segments for f in s["singing"]["flags"]}),
+    }
+    rep = files.write_json_atomic(files.join(out_dir, "audio_report.json"), report)
+    rep.meta = {"kind": "audio_report"}
+    refs.append(rep)
+    catalog.record(STEP, VERSION, params, inputs, refs, meta={"session_id": session_id, "take_id": take.id})
+    return refs
+
+
+def done_outputs(out: str, take: Take, song_sha256: str, mic_sha256: str, crop_refs: list[ArtifactRef],
+                 backend: str | None = None) -> list[ArtifactRef] | None:
+    table_ref = next(r for r in crop_refs if r.meta.get("kind") == "segments")
+    inputs = {"song": song_sha256, "mic": mic_sha256, "segments": table_ref.sha256,
+              "capture_log": json.dumps(take.capture_log.model_dump(), sort_keys=True)}
+    params = {"separation": vocal_removal.backend_id(backend), "release_sr": RELEASE_SR}
+    done = Catalog(out).lookup(STEP, VERSION, params, inputs)
+    return done.outputs if done is not None else None
+
+
+@task(name="audio-take", task_run_name="audio-{take.id}", tags=["gpu"], retries=1, retry_delay_seconds=2)
+def audio_take_task(session_dir: str, session_id: str, take: Take, song_sha256: str, mic_sha256: str,
+                    first_pts_s: float, crop_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
+    return audio_for_take(session_dir, session_id, take, song_sha256, mic_sha256, first_pts_s, crop_refs, out)
+
+
+def read_report(refs: list[ArtifactRef]) -> dict:
+    return files.read_json(next(r for r in refs if r.meta.get("kind") == "audio_report").url)
