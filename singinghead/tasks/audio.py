@@ -37,11 +37,13 @@ SILENT_DBFS = -50.0
 CLIP_LEVEL = 0.999
 
 
-def to_16k_mono(x: np.ndarray, sr: int) -> np.ndarray:
-    """Polyphase resampling to 16 kHz (exact rational ratio, linear phase: no time shift)."""
+def to_16k_mono(x: np.ndarray, sr: int, n_out: int) -> np.ndarray:
+    """Polyphase resampling to 16 kHz (exact rational ratio, linear phase: no time shift),
+    trimmed or zero-padded to exactly `n_out` samples."""
     mono = x.mean(axis=1) if x.ndim == 2 else x
     ratio = Fraction(RELEASE_SR, sr).limit_denominator(1000)
-    return signal.resample_poly(mono, ratio.numerator, ratio.denominator).astype(np.float32)
+    y = signal.resample_poly(mono, ratio.numerator, ratio.denominator).astype(np.float32)
+    return np.pad(y[:n_out], (0, max(0, n_out - len(y))))
 
 
 def cut(x: np.ndarray, sr: int, start_s: float, duration_s: float) -> tuple[np.ndarray, float]:
@@ -128,7 +130,8 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
         mic_cut, mic_pad = cut(mic, mic_sr, start_video + video_to_mic, duration)
         bgm_cut, bgm_pad = cut(accomp, song_sr, start_video + video_to_mic + mic_to_song, duration)
         stem = row["video"].removesuffix(".mp4")
-        mic16, bgm16 = to_16k_mono(mic_cut, mic_sr), to_16k_mono(bgm_cut, song_sr)
+        n16 = int(round(duration * RELEASE_SR))
+        mic16, bgm16 = to_16k_mono(mic_cut, mic_sr, n16), to_16k_mono(bgm_cut, song_sr, n16)
         seg = {"segment_index": row["segment_index"], "video": row["video"],
                "singing": level_report(mic_cut, mic16), "bgm": level_report(bgm_cut, bgm16),
                "padded_ratio": {"singing": mic_pad, "bgm": bgm_pad}}
