@@ -1,0 +1,92 @@
+"""FLAME core: safe loading, the procedural model in FLAME's formats, the torch layer."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from singinghead.flame.io import safe_load_pickle
+from singinghead.flame.layer import FlameLayer
+from singinghead.flame.model import load_flame
+from singinghead.flame.procedural import write_model
+from singinghead.schemas.errors import AssetError
+
+
+@pytest.fixture(scope="module")
+def flame_dir(tmp_path_factory):
+    return write_model(tmp_path_factory.mktemp("flame"))
+
+
+@pytest.fixture(scope="module")
+def model(flame_dir):
+    return load_flame(flame_dir)
+
+
+def test_files_have_flames_format(flame_dir, model):
+    raw = (flame_dir / "generic_model.pkl").read_bytes()
+    assert b"chumpy.ch" in raw and b"scipy.sparse" in raw  # as in the official file
+    assert model.shapedirs.shape[1:] == (3, 400) and model.posedirs.shape[1:] == (3, 36)
+    assert model.J_regressor.shape == (5, len(model.v_template)) and model.weights.shape == (len(model.v_template), 5)
+    assert model.parents.tolist() == [-1, 0, 1, 1, 1]
+    assert model.lmk_faces_idx.shape == (68,) and model.dynamic_lmk_faces_idx.shape == (79, 17)
+    np.testing.assert_allclose(model.lmk_bary_coords.sum(axis=1), 1.0)
+    np.testing.assert_allclose(model.weights.sum(axis=1), 1.0)
+    assert {"face", "lips", "forehead", "eye_region"} <= set(model.masks)
+    assert set(model.masks["lips"]) <= set(model.masks["face"])
+
+
+def test_code_in_a_pickle_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "generic_model.pkl"
+    bad.write_bytes(pickle.dumps({"v_template": Payload()}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load posix.system"):
+        safe_load_pickle(bad)
+    assert not marker.exists()
+
+
+def test_missing_model_names_the_setting(tmp_path):
+    with pytest.raises(AssetError, match="SINGINGHEAD_FLAME_DIR"):
+        load_flame(tmp_path)
+
+
+def _params(b: int, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    return r(b, 100), r(b, 50), 0.2 * r(b, 3), 0.2 * r(b, 3), 0.3 * torch.rand(b, 3, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_landmark_path_equals_full_mesh(model, dtype):
+    layer = FlameLayer(model, dtype=dtype)
+    shape, expr, glob, neck, jaw = _params(6, dtype)
+    _, full = layer(shape, expr, glob, neck, jaw)
+    assert (layer.landmarks(shape, expr, glob, neck, jaw) - full).abs().max() < 1e-5
+    layer.fold_shape(shape[:1])
+    folded = layer.landmarks(None, expr[:1].repeat(3, 1), glob[:3], neck[:3], jaw[:3])
+    _, full = layer(shape[:1].repeat(3, 1), expr[:1].repeat(3, 1), glob[:3], neck[:3], jaw[:3])
+    assert (folded - full).abs().max() < 1e-5
+
+
+def test_jaw_opens_the_mouth_and_landmarks_sit_on_a_face(model):
+    layer = FlameLayer(model, dtype=torch.float64)
+    zero = torch.zeros(5, 3, dtype=torch.float64)
+    jaw = torch.zeros(5, 3, dtype=torch.float64)
+    jaw[:, 0] = torch.linspace(0, 0.4, 5)
+    _, lmk = layer(torch.zeros(5, 100, dtype=torch.float64), torch.zeros(5, 50, dtype=torch.float64), zero, zero, jaw)
+    gap = (lmk[:, 66] - lmk[:, 62]).norm(dim=1)
+    assert (gap.diff() > 0.003).all()  # wider with every step, by millimetres
+    assert ((lmk[:, 36:48] - lmk[0, 36:48]).norm(dim=2) < 5e-4).all()  # eyes: only pose correctives, < 0.5 mm
+    p = lmk[0].numpy()
+    eyes, nose, mouth, chin = p[36:48, 1].mean(), p[30, 1], p[48:68, 1].mean(), p[8, 1]
+    assert eyes > nose > mouth > chin
+    np.testing.assert_allclose(p[36:42, 0].mean(), -p[42:48, 0].mean(), atol=1e-3)  # left/right symmetric
+    assert (p[:, 2] > 0.02).all()  # all on the front of the head
