@@ -11,7 +11,6 @@ memory does not count towards the analysis. Last line: one JSON object, also in 
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import resource
 import subprocess
@@ -21,8 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from results_io import publish  # noqa: E402
 
 from singinghead.samples import video  # noqa: E402
 from singinghead.storage.assets import ffmpeg_exe  # noqa: E402
@@ -71,11 +72,7 @@ def main() -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_child_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
-    out = Path(__file__).parent / "results" / "crop.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
-    return result
+    return publish(result)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ to bench/results/kinect_decode.json.
 
 from __future__ import annotations
 
-import json
 import resource
 import subprocess
 import sys
@@ -17,6 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_io import publish  # noqa: E402
 
 from singinghead.capture_rigs.azure_kinect import KinectRecording  # noqa: E402
 from singinghead.samples.session import build_sample_session  # noqa: E402
@@ -52,11 +54,7 @@ def main() -> dict:
                 "frames": n, "fps": n / took, "ffmpeg_fps": n / ref, "ratio_vs_ffmpeg": took / ref,
             }
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = Path(__file__).parent / "results" / "kinect_decode.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
-    return result
+    return publish(result)
 
 
 if __name__ == "__main__":

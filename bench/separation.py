@@ -9,7 +9,6 @@ also written to bench/results/separation.json.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -18,10 +17,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fast_bss_eval  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
+from results_io import publish  # noqa: E402
 
 from singinghead.samples.session import build_sample_session  # noqa: E402
 from singinghead.tasks import vocal_removal  # noqa: E402
@@ -88,11 +89,7 @@ def main() -> dict:
             result[f"{backend}_realtime_factor"] = round(realtime, 2)
         result["mixture_accompaniment_sisdr_db"] = round(mean("mixture_vs_accompaniment", 0), 2)
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    out = Path(__file__).parent / "results" / "separation.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
-    return result
+    return publish(result)
 
 
 if __name__ == "__main__":

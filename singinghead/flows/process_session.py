@@ -35,45 +35,65 @@ def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
     return out
 
 
+def markdown_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return f"# {title}\n\n" + "\n".join(lines) + "\n"
+
+
 def ingest_markdown(report: IngestReport) -> str:
-    rows = [
-        "| take | status | video | mic | song | problems |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for t in report.takes:
         video = f"{t.video.width}×{t.video.height} {t.video.fps:.2f} fps {t.video.duration_s:.1f} s" if t.video else "–"
         mic = f"{t.mic.sample_rate} Hz {t.mic.duration_s:.1f} s" if t.mic else "–"
         song = f"{t.song.sample_rate} Hz {t.song.duration_s:.1f} s" if t.song else "–"
-        problems = "; ".join(t.problems) or "–"
-        rows.append(f"| {t.take_id} | {t.status} | {video} | {mic} | {song} | {problems} |")
-    return f"# Ingest of session `{report.session_id}` (subject `{report.subject_id}`)\n\n" + "\n".join(rows) + "\n"
+        rows.append([t.take_id, t.status, video, mic, song, "; ".join(t.problems) or "–"])
+    return markdown_table(f"Ingest of session `{report.session_id}` (subject `{report.subject_id}`)",
+                          ["take", "status", "video", "mic", "song", "problems"], rows)
+
+
+def _failed_row(take_id: str, result: dict, width: int) -> list[str]:
+    return [take_id] + ["–"] * (width - 2) + [f"{result['status']}: {result.get('problem', '')}"]
 
 
 def crop_markdown(session_id: str, summaries: dict[str, dict]) -> str:
-    rows = ["| take | segments kept | dropped | seconds kept | cuts | warnings |", "|---|---|---|---|---|---|"]
+    header = ["take", "segments kept", "dropped", "seconds kept", "cuts", "warnings"]
+    rows = []
     for take_id, s in summaries.items():
         if "segments_kept" not in s:
-            rows.append(f"| {take_id} | – | – | – | – | {s['status']}: {s.get('problem', '')} |")
+            rows.append(_failed_row(take_id, s, len(header)))
             continue
         cuts = "; ".join(f"{c['frame']}: {c['reason']}" for c in s["cuts"] if c["reason"] != "end of take")
-        rows.append(f"| {take_id} | {s['segments_kept']} | {s['segments_dropped']} | {s['seconds_kept']:.1f} | "
-                    f"{cuts or '–'} | {'; '.join(s['warnings']) or '–'} |")
-    return f"# Portrait segments of session `{session_id}`\n\n" + "\n".join(rows) + "\n"
+        rows.append([take_id, str(s["segments_kept"]), str(s["segments_dropped"]), f"{s['seconds_kept']:.1f}",
+                     cuts or "–", "; ".join(s["warnings"]) or "–"])
+    return markdown_table(f"Portrait segments of session `{session_id}`", header, rows)
 
 
 def audio_markdown(session_id: str, reports: dict[str, dict]) -> str:
-    rows = ["| take | dry vocal → song (s) | video → mic (s) | separation | flags |", "|---|---|---|---|---|"]
-    for take_id, r in reports.items():
-        if "song_offset" not in r:
-            rows.append(f"| {take_id} | – | – | – | {r['status']}: {r.get('problem', '')} |")
-            continue
+    header = ["take", "dry vocal → song (s)", "video → mic (s)", "separation", "flags"]
 
-        def show(o):
-            return (f"{o['offset_s']:.3f} measured (log {o['log_s']:.3f}, corr {o['correlation']:.2f}, "
-                    f"peak ×{o['peak_ratio']:.1f}); used {o['used_s']:.3f} from the {o['source']}")
-        rows.append(f"| {take_id} | {show(r['song_offset'])} | {show(r['video_offset'])} | "
-                    f"{r['separation']['backend']} | {'; '.join(r['flags']) or '–'} |")
-    return f"# Audio of session `{session_id}`\n\n" + "\n".join(rows) + "\n"
+    def show(o: dict) -> str:
+        return (f"{o['offset_s']:.3f} measured (log {o['log_s']:.3f}, corr {o['correlation']:.2f}, "
+                f"peak ×{o['peak_ratio']:.1f}); used {o['used_s']:.3f} ({o['source']})")
+
+    rows = [
+        [take_id, show(r["song_offset"]), show(r["video_offset"]), r["separation"]["backend"],
+         "; ".join(r["flags"]) or "–"] if "song_offset" in r else _failed_row(take_id, r, len(header))
+        for take_id, r in reports.items()
+    ]
+    return markdown_table(f"Audio of session `{session_id}`", header, rows)
+
+
+def _collect(step: str, futures: dict) -> dict[str, dict]:
+    """Wait for a step's task per take; a failed take is recorded, never raised (others go on)."""
+    out = {}
+    for take_id, future in futures.items():
+        try:
+            out[take_id] = {"status": "ok", "refs": future.result()}
+        except Exception as exc:
+            out[take_id] = {"status": "failed", "problem": str(exc)}
+            get_run_logger().error("take %s: %s failed: %s", take_id, step, exc)
+    return out
 
 
 def _publish_if_changed(url: str, data: bytes) -> None:
@@ -119,12 +139,7 @@ def process_session(session_dir: str, out: str) -> dict:
         else:
             crop_futures[take.id] = crop.crop_take_task.submit(
                 str(root), manifest.session_id, take.id, take.video, video.sha256, out)
-    for take_id, future in crop_futures.items():
-        try:
-            crops[take_id] = {"status": "ok", "refs": future.result()}
-        except Exception as exc:  # one bad take never sinks the session
-            crops[take_id] = {"status": "failed", "problem": str(exc)}
-            logger.error("take %s: crop failed: %s", take_id, exc)
+    crops.update(_collect("crop", crop_futures))
     # Audio: separation (cached per song), sync offsets, per-segment singing audio and BGM.
     audios: dict[str, dict] = {}
     audio_futures = {}
@@ -140,12 +155,7 @@ def process_session(session_dir: str, out: str) -> dict:
             audio_futures[take.id] = audio.audio_take_task.submit(
                 str(root), manifest.session_id, take, raw["song"], raw["mic"], results[take.id].video.first_pts_s,
                 crops[take.id]["refs"], out)
-    for take_id, future in audio_futures.items():
-        try:
-            audios[take_id] = {"status": "ok", "refs": future.result()}
-        except Exception as exc:  # one bad take never sinks the session
-            audios[take_id] = {"status": "failed", "problem": str(exc)}
-            logger.error("take %s: audio failed: %s", take_id, exc)
+    audios.update(_collect("audio", audio_futures))
     audio_reports = {
         take_id: audio.read_report(a["refs"]) if a["status"] == "ok" else a for take_id, a in audios.items()
     }
