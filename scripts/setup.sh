@@ -15,7 +15,9 @@ want=$(cat requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -
 # libusb-1.0 is needed by open3d (scan meshing); everything else (ffmpeg via imageio-ffmpeg,
 # PyAV's own FFmpeg libraries) comes from wheels.
 missing=()
-ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so' || missing+=(libusb-1.0-0)
+# (grep reads all of ldconfig's output: with pipefail, an early `grep -q` exit would look like a miss)
+libs=$(ldconfig -p 2>/dev/null || true)
+grep -F 'libusb-1.0.so' >/dev/null <<<"$libs" || missing+=(libusb-1.0-0)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing system packages: ${missing[*]}"
