@@ -104,3 +104,11 @@ def test_not_a_video(tmp_path):
     bad.write_text("this is not a video")
     with pytest.raises(InputError, match=r"notes\.mkv: not a Matroska file"):
         KinectRecording(bad)
+
+
+def test_recording_without_frames(tmp_path):
+    empty = tmp_path / "empty.mkv"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=black:s=64x64:r=30:d=1", "-frames:v", "0",
+                    "-c:v", "mjpeg", "-metadata:s:v:0", "K4A_COLOR_TRACK=1", str(empty)], check=True)
+    with pytest.raises(InputError, match=r"empty\.mkv: "):
+        KinectRecording(empty).probe()
