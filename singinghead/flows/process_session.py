@@ -104,7 +104,7 @@ def _publish_if_changed(url: str, data: bytes) -> None:
 
 @flow(name="process-session", flow_run_name="process-{session_dir}", log_prints=True)
 def process_session(session_dir: str, out: str) -> dict:
-    """Ingest every take of `session_dir` into `out` (a local path or fsspec URL)."""
+    """Ingest, crop and process the audio of every take of `session_dir` into `out` (path or fsspec URL)."""
     logger = get_run_logger()
     root = Path(session_dir).resolve()
     manifest = load_manifest(root)
