@@ -191,8 +191,9 @@ class KinectRecording:
             raise InputError(self.path, "colour track has zero frames")
         return np.asarray(pts, dtype=np.float64)
 
-    def probe(self) -> VideoProbe:
-        ts = self.timestamps()
+    def probe(self, timestamps: np.ndarray | None = None) -> VideoProbe:
+        """Stream facts; pass `timestamps` when already read to avoid a second demux."""
+        ts = self.timestamps() if timestamps is None else timestamps
         if len(ts) > 1:
             fps = (len(ts) - 1) / float(ts[-1] - ts[0])
         else:

@@ -160,7 +160,7 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
     analyser = analyser or face_analyser(p.device)
     with KinectRecording(video) as rec:
         timestamps = rec.timestamps()
-        width, height, fps = rec.width, rec.height, rec.probe().fps
+        width, height, fps = rec.width, rec.height, rec.probe(timestamps).fps
         take_id = Path(video).parent.name
         summary = CropSummary(take_id=take_id, frames=len(timestamps), segments_kept=0, segments_dropped=0,
                               seconds_kept=0.0)
