@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-from singinghead.schemas.errors import InputError
+from singinghead.schemas.errors import SingingHeadError
 
 WIDTH, HEIGHT, FPS = 3840, 2160, 30
 SOURCE_ROWS = 330  # head and shoulders; lower rows hold a mission badge dlib mistakes for a face
@@ -199,7 +199,7 @@ def write_kinect_mkv(
         proc.stdin.close()
         err = proc.stderr.read().decode(errors="replace")
         if proc.wait() != 0:
-            raise InputError(path, f"ffmpeg failed to write the sample recording: {err.strip()}")
+            raise SingingHeadError(f"{path}: ffmpeg failed to write the sample recording: {err.strip()}")
     finally:
         if proc.poll() is None:
             proc.kill()

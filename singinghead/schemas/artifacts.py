@@ -66,7 +66,3 @@ class IngestReport(BaseModel):
     subject_id: str
     manifest_sha256: str
     takes: list[TakeIngest]
-
-    @property
-    def ok_takes(self) -> list[TakeIngest]:
-        return [t for t in self.takes if t.status != "failed"]

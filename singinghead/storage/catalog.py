@@ -93,12 +93,6 @@ class Catalog:
             return files.artifact_ref(url)
         return files.write_json_atomic(url, info)
 
-    def sessions(self) -> list[str]:
-        fs, path = files.url_to_fs(files.join(self.root, "sessions"))
-        if not fs.exists(path):
-            return []
-        return sorted(Path(p).stem for p in fs.ls(path, detail=False) if p.endswith(".json"))
-
     def raw_checksum(self, path: str | Path) -> tuple[str, int]:
         """SHA-256 of a raw local file, cached by (resolved path, size, mtime_ns)."""
         full = Path(path).resolve()

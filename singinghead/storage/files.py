@@ -105,10 +105,6 @@ def write_json_atomic(url: str | Path, obj) -> ArtifactRef:
     return write_bytes_atomic(url, data)
 
 
-def write_text_atomic(url: str | Path, text: str) -> ArtifactRef:
-    return write_bytes_atomic(url, text.encode())
-
-
 def artifact_ref(url: str | Path, **meta) -> ArtifactRef:
     digest, n = sha256_file(url)
     return ArtifactRef(url=str(url), sha256=digest, size=n, meta=meta)
