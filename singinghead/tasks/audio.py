@@ -90,10 +90,8 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
     root = Path(session_dir)
     catalog = Catalog(out)
     table_ref = next(r for r in crop_refs if r.meta.get("kind") == "segments")
-    ident = vocal_removal.backend_id(backend)
-    inputs = {"song": song_sha256, "mic": mic_sha256, "segments": table_ref.sha256,
-              "capture_log": json.dumps(take.capture_log.model_dump(), sort_keys=True)}
-    params = {"separation": ident, "release_sr": RELEASE_SR}
+    params, inputs = _catalog_identity(take, song_sha256, mic_sha256, crop_refs, backend)
+    ident = params["separation"]
     done = catalog.lookup(STEP, VERSION, params, inputs)
     if done is not None:
         return done.outputs
@@ -162,12 +160,18 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
     return refs
 
 
-def done_outputs(out: str, take: Take, song_sha256: str, mic_sha256: str, crop_refs: list[ArtifactRef],
-                 backend: str | None = None) -> list[ArtifactRef] | None:
+def _catalog_identity(take: Take, song_sha256: str, mic_sha256: str, crop_refs: list[ArtifactRef],
+                      backend: str | None) -> tuple[dict, dict]:
+    """(params, inputs) that key the audio step of a take in the catalog."""
     table_ref = next(r for r in crop_refs if r.meta.get("kind") == "segments")
     inputs = {"song": song_sha256, "mic": mic_sha256, "segments": table_ref.sha256,
               "capture_log": json.dumps(take.capture_log.model_dump(), sort_keys=True)}
-    params = {"separation": vocal_removal.backend_id(backend), "release_sr": RELEASE_SR}
+    return {"separation": vocal_removal.backend_id(backend), "release_sr": RELEASE_SR}, inputs
+
+
+def done_outputs(out: str, take: Take, song_sha256: str, mic_sha256: str, crop_refs: list[ArtifactRef],
+                 backend: str | None = None) -> list[ArtifactRef] | None:
+    params, inputs = _catalog_identity(take, song_sha256, mic_sha256, crop_refs, backend)
     done = Catalog(out).lookup(STEP, VERSION, params, inputs)
     return done.outputs if done is not None else None
 

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal, stats
 
-FRAME_S = 1.0 / 30.0
-
 
 @dataclass(frozen=True)
 class OffsetEstimate:
@@ -69,8 +67,9 @@ def song_offset(vocal: np.ndarray, vocal_sr: int, song_vocals: np.ndarray, song_
 
     rate = 100
     feats = []
-    for x, sr in ((vocal, vocal_sr), (song_vocals, song_sr)):
-        x16 = librosa.resample(x.astype(np.float32), orig_sr=sr, target_sr=16000)
+    voice16, song16 = (librosa.resample(x.astype(np.float32), orig_sr=sr, target_sr=16000)
+                       for x, sr in ((vocal, vocal_sr), (song_vocals, song_sr)))
+    for x16 in (voice16, song16):
         chroma = librosa.feature.chroma_stft(y=x16, sr=16000, hop_length=160, n_fft=2048)
         env = onset_envelope(x16, 16000, rate)
         m = min(chroma.shape[1], len(env))
@@ -90,8 +89,8 @@ def song_offset(vocal: np.ndarray, vocal_sr: int, song_vocals: np.ndarray, song_
 
     # Refine per note: onsets of the dry vocal matched to the song vocal's nearest onset (±60 ms)
     # at the coarse lag; the trimmed mean of their differences is the offset.
-    a = _onset_times(vocal, vocal_sr) + coarse / rate
-    b = _onset_times(song_vocals, song_sr)
+    a = _onset_times(voice16) + coarse / rate
+    b = _onset_times(song16)
     if len(a) == 0 or len(b) == 0:
         return OffsetEstimate(coarse / rate, float(score[coarse] / 2), ratio)
     diffs = b[np.abs(b[None, :] - a[:, None]).argmin(axis=1)] - a
@@ -100,11 +99,9 @@ def song_offset(vocal: np.ndarray, vocal_sr: int, song_vocals: np.ndarray, song_
     return OffsetEstimate(offset, float(score[coarse] / 2), ratio)
 
 
-def _onset_times(x: np.ndarray, sr: int) -> np.ndarray:
-    """Note onsets (s): peaks of the 1 kHz onset envelope, at least 80 ms apart."""
-    import librosa
-
-    env = onset_envelope(librosa.resample(x.astype(np.float32), orig_sr=sr, target_sr=16000), 16000, 1000)
+def _onset_times(x16: np.ndarray) -> np.ndarray:
+    """Note onsets (s) of 16 kHz audio: peaks of the 1 kHz onset envelope, at least 80 ms apart."""
+    env = onset_envelope(x16, 16000, 1000)
     peaks, _ = signal.find_peaks(env, height=0.3 * np.percentile(env, 99), distance=80)
     return peaks / 1000.0
 
