@@ -1,9 +1,11 @@
 """FLAME as a torch layer: full mesh, or only what the 68 landmarks need.
 
-The full path is smplx's linear blend skinning (`smplx.lbs.lbs`). The landmark-only path skins
-just the vertices of the triangles the landmarks sit on (≈ 200 of 5023), with the joints from
-precomputed J_regressor products, and the shape folded into the template when it is fixed (the
-sequence fits: one subject, many frames). Both give the same landmarks (tested to 1e-5).
+The full path is smplx's linear blend skinning (`smplx.lbs.lbs`). The landmark-only path uses
+that skinning is linear: each landmark is a sum over the five joints of the joint's transform
+applied to a precomputed per-landmark, per-joint blend of the vertices it sits on, so one frame
+costs a few small matrix products instead of skinning 5023 vertices; joints come from
+precomputed J_regressor products, and the shape is folded into the template when it is fixed
+(the sequence fits: one subject, many frames). Both give the same landmarks (tested to 1e-5).
 Rotations are axis-angle, converted with roma. Pose order (FLAME): global, neck, jaw, eyes.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import roma
 import torch
-from smplx.lbs import batch_rigid_transform, lbs, vertices2landmarks
+from smplx.lbs import lbs, vertices2landmarks
 from torch import nn
 
 from singinghead.flame.model import FlameModel
@@ -36,17 +38,25 @@ class FlameLayer(nn.Module):
         self.register_buffer("lmk_faces_idx", torch.as_tensor(model.lmk_faces_idx, dtype=torch.long))
         self.register_buffer("lmk_bary", t(model.lmk_bary_coords))
 
-        # Landmark-only path: the vertices under the landmarks, and the joints' linear maps.
-        used, remap = np.unique(model.faces[model.lmk_faces_idx].reshape(-1), return_inverse=True)
+        # Landmark-only path. Skinning is linear in the unposed vertices, so each landmark l is
+        #   Σ_j R_j·P_lj + W_lj·t_j,  P_lj = Σ_c bary_lc·w_(u_lc, j)·v_(u_lc),  W_lj = Σ_c bary_lc·w_(u_lc, j)
+        # (R_j, t_j the joints' world transforms relative to rest; j over the joints that move any
+        # landmark). P is linear in shape, expression and the pose correctives, so its template and
+        # bases are precomputed; rows are (landmark, joint, xyz) and the batch is the last axis.
+        corners = model.faces[model.lmk_faces_idx]  # (68, 3)
+        wb = model.weights[corners] * model.lmk_bary_coords[:, :, None]  # (68, 3 corners, 5 joints)
+        moving = np.flatnonzero(np.abs(wb).sum((0, 1)) > 0)
+        wb = wb[:, :, moving]
+        per = lambda a: np.einsum("lcj,lc...->lj...", wb, a[corners]).reshape(-1, *a.shape[2:])  # noqa: E731
         n_v = len(model.v_template)
-        self.register_buffer("lmk_local_faces", torch.as_tensor(remap.reshape(-1, 3), dtype=torch.long))
-        self.register_buffer("u_template", t(model.v_template[used]))
-        self.register_buffer("u_shapedirs", t(dirs[used]))
-        posedirs = model.posedirs.reshape(n_v, 3, -1)[used]  # (U, 3, 36)
-        self.register_buffer("u_posedirs", t(posedirs.reshape(-1, posedirs.shape[2]).T))
-        self.register_buffer("u_weights", t(model.weights[used]))
+        self.register_buffer("lmk_joints", torch.as_tensor(moving, dtype=torch.long))
+        self.n_joints_needed = int(moving.max()) + 1  # joints are ordered parents first
+        self.register_buffer("p_template", t(per(model.v_template)[:, None]))  # (68·J·3, 1)
+        self.register_buffer("p_dirs", t(per(dirs)))  # (68·J·3, K)
+        self.register_buffer("p_posedirs", t(per(model.posedirs.reshape(n_v, 3, -1))))  # (68·J·3, 36)
+        self.register_buffer("lmk_joint_weights", t(wb.sum(1)))  # (68, J)
         self.register_buffer("j_template", t(model.J_regressor @ model.v_template))  # (5, 3)
-        self.register_buffer("j_shapedirs", t(np.einsum("jv,vck->jck", model.J_regressor, dirs)))  # (5, 3, K)
+        self.register_buffer("j_dirs", t(np.einsum("jv,vck->jck", model.J_regressor, dirs).reshape(-1, dirs.shape[2]).T))
         self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
@@ -70,32 +80,56 @@ class FlameLayer(nn.Module):
         if shape is None:
             self.folded = None
             return
-        s = self.u_shapedirs[:, :, : self.n_shape]
-        js = self.j_shapedirs[:, :, : self.n_shape]
-        self.folded = (self.u_template + torch.einsum("uck,k->uc", s, shape[0]),
-                       self.j_template + torch.einsum("jck,k->jc", js, shape[0]))
+        n = self.n_shape
+        self.folded = (self.p_template + self.p_dirs[:, :n] @ shape[0][:, None],
+                       self.j_template.flatten() + shape[0] @ self.j_dirs[:n])
+
+    def world_transforms(self, rot: torch.Tensor, joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotations (B, J, 3, 3) and translations (B, J, 3) relative to the rest pose of the joints
+        that move landmarks: the kinematic chain of smplx's `batch_rigid_transform`, without the
+        4×4 padding it spends on joints the landmarks never use."""
+        rot_w: dict[int, torch.Tensor] = {}
+        pos_w: dict[int, torch.Tensor] = {}
+        for j in range(self.n_joints_needed):
+            p = int(self.parents[j])
+            if p < 0:
+                rot_w[j], pos_w[j] = rot[:, j], joints[:, j]
+            else:
+                rot_w[j] = rot_w[p] @ rot[:, j]
+                pos_w[j] = pos_w[p] + (rot_w[p] @ (joints[:, j] - joints[:, p])[..., None])[..., 0]
+        used = [int(j) for j in self.lmk_joints]
+        r = torch.stack([rot_w[j] for j in used], 1)
+        t = torch.stack([pos_w[j] - (rot_w[j] @ joints[:, j, :, None])[..., 0] for j in used], 1)
+        return r, t
 
     def landmarks(self, shape, expression, global_orient, neck, jaw, eyes=None) -> torch.Tensor:
-        """(B, 68, 3) landmarks, skinning only the vertices they touch. `shape` may be None
-        when it has been folded with `fold_shape`."""
+        """(B, 68, 3) landmarks from the precomputed per-landmark products (no mesh). `shape` may be
+        None when it has been folded with `fold_shape`."""
         b = expression.shape[0]
-        exp_dirs = self.u_shapedirs[:, :, self.n_shape:]
-        exp_j = self.j_shapedirs[:, :, self.n_shape:]
+        n = self.n_shape
         if shape is None:
             if self.folded is None:
                 raise ValueError("landmarks(shape=None) needs fold_shape(shape) first")
-            v = self.folded[0] + torch.einsum("uck,bk->buc", exp_dirs, expression)
-            joints = self.folded[1] + torch.einsum("jck,bk->bjc", exp_j, expression)
+            p = torch.addmm(self.folded[0], self.p_dirs[:, n:], expression.T)
+            joints = torch.addmm(self.folded[1], expression, self.j_dirs[n:])
         else:
             betas = torch.cat([shape, expression], dim=1)
-            v = self.u_template + torch.einsum("uck,bk->buc", self.u_shapedirs, betas)
-            joints = self.j_template + torch.einsum("jck,bk->bjc", self.j_shapedirs, betas)
-        rot = roma.rotvec_to_rotmat(self.pose(global_orient, neck, jaw, eyes).view(b, -1, 3))  # (B, 5, 3, 3)
+            p = torch.addmm(self.p_template, self.p_dirs, betas.T)
+            joints = torch.addmm(self.j_template.flatten(), betas, self.j_dirs)
+        # Closed eyes-in-head rotations (None) are the identity: no pose correctives, no rotation.
+        pose = torch.stack([global_orient, neck, jaw] + ([] if eyes is None else [eyes[:, :3], eyes[:, 3:]]), 1)
+        rot = roma.rotvec_to_rotmat(pose)  # (B, 3 or 5, 3, 3)
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        pose_feature = (rot[:, 1:] - eye).reshape(b, -1)
-        v = v + (pose_feature @ self.u_posedirs).view(b, -1, 3)
-        _, rel = batch_rigid_transform(rot, joints, self.parents, dtype=rot.dtype)
-        T = torch.einsum("uj,bjmn->bumn", self.u_weights, rel)
-        v = torch.einsum("bumn,bun->bum", T[:, :, :3, :3], v) + T[:, :, :3, 3]
-        tri = v[:, self.lmk_local_faces]  # (B, 68, 3 corners, 3)
-        return torch.einsum("blcd,lc->bld", tri, self.lmk_bary)
+        n_feat = (rot.shape[1] - 1) * 9
+        p = p + self.p_posedirs[:, :n_feat] @ (rot[:, 1:] - eye).reshape(b, -1).T  # (68·J·3, B)
+        if rot.shape[1] < self.n_joints_needed:
+            rot = torch.cat([rot, eye.expand(b, self.n_joints_needed - rot.shape[1], 3, 3)], 1)
+        rot_w, trans_w = self.world_transforms(rot, joints.view(b, -1, 3))
+        n_j = len(self.lmk_joints)
+        # Batch last: the broadcast products then run over contiguous memory (small batched
+        # matmuls are slow on CPU, and their backward loops over the batch).
+        r = rot_w.permute(1, 3, 2, 0).reshape(n_j * 3, 3, b)  # (J·n, m, B) = R_j[m, n]
+        p = p.view(-1, n_j * 3, b)
+        skinned = torch.stack([(p * r[:, m]).sum(1) for m in range(3)], 1)  # (68, 3, B)
+        shift = (self.lmk_joint_weights @ trans_w.permute(1, 2, 0).reshape(n_j, -1)).view(-1, 3, b)
+        return (skinned + shift).permute(2, 0, 1)

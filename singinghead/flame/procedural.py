@@ -34,7 +34,25 @@ JOINTS = np.array([
     [-0.032, 0.020, 0.070],  # 4 right eye
 ])
 KINTREE = np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64)
-MOUTH_Y = -0.042  # the lip line: vertices below it belong to the jaw
+#: dlib's 68 landmarks (shape_predictor_68) on a frontal photo (scikit-image's astronaut), pixels:
+#: the facial proportions of the procedural head.
+FRONTAL_FACE_PX = np.array(
+    [[179, 104], [180, 116], [181, 127], [182, 139], [185, 150], [191, 160], [200, 168], [209, 176],
+     [220, 178], [232, 177], [243, 171], [253, 163], [260, 154], [265, 143], [268, 131], [270, 120],
+     [272, 108], [186, 94], [192, 88], [200, 87], [208, 89], [216, 92], [236, 93], [244, 91], [252, 91],
+     [260, 92], [265, 99], [226, 102], [225, 111], [225, 119], [225, 127], [214, 131], [219, 133],
+     [224, 134], [229, 133], [234, 132], [195, 101], [200, 98], [207, 98], [212, 104], [206, 104],
+     [199, 104], [237, 106], [243, 100], [250, 100], [255, 105], [250, 107], [244, 107], [201, 139],
+     [209, 139], [218, 139], [224, 141], [230, 140], [238, 140], [246, 141], [238, 151], [229, 155],
+     [222, 156], [216, 155], [208, 150], [204, 141], [218, 143], [223, 144], [230, 143], [243, 142],
+     [229, 150], [223, 151], [217, 150]],
+    dtype=np.float64,
+)
+EYE_LINE_PX = 102.0  # row of the eye centres in that photo
+LIP_LINE_PX = 146.5  # row between the lips
+PX_TO_M = 0.064 / 43.0  # inter-ocular distance 43 px ↔ 64 mm
+EYE_Y = 0.020  # model height of the eye centres
+MOUTH_Y = EYE_Y - (LIP_LINE_PX - EYE_LINE_PX) * PX_TO_M  # the lip line: vertices below it belong to the jaw
 
 
 def _surface() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,24 +78,12 @@ def _surface() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _landmark_layout() -> np.ndarray:
-    """68 points (x, y) in metres on the frontal face, dlib order."""
-    t = np.linspace(0, 1, 17)
-    jaw = np.stack([-0.065 + 0.13 * t, -0.005 - 0.085 * np.sin(np.pi * t) ** 0.8], axis=1)
-    brow_l = np.stack([np.linspace(-0.055, -0.012, 5), 0.040 + 0.006 * np.sin(np.linspace(0.3, 2.8, 5))], axis=1)
-    brow_r = brow_l[::-1] * [-1, 1]
-    bridge = np.stack([np.zeros(4), np.linspace(0.025, -0.010, 4)], axis=1)
-    nostrils = np.stack([np.linspace(-0.014, 0.014, 5), -0.018 - 0.003 * np.cos(np.linspace(-1.2, 1.2, 5))], axis=1)
-
-    def ellipse(cx, cy, rx, ry, n, start):
-        a = start + np.linspace(0, 2 * np.pi, n, endpoint=False)
-        return np.stack([cx - rx * np.cos(a), cy + ry * np.sin(a)], axis=1)
-
-    eye_l = ellipse(-0.032, 0.020, 0.013, 0.0045, 6, 0.0)
-    eye_r = ellipse(0.032, 0.020, 0.013, 0.0045, 6, 0.0)
-    eye_r = eye_r[[3, 2, 1, 0, 5, 4]]  # dlib goes outer → inner corner on both eyes
-    lips_out = ellipse(0.0, MOUTH_Y, 0.025, 0.011, 12, 0.0)
-    lips_in = ellipse(0.0, MOUTH_Y, 0.017, 0.004, 8, 0.0)
-    return np.concatenate([jaw, brow_l, brow_r, bridge, nostrils, eye_l, eye_r, lips_out, lips_in])
+    """68 points (x, y) in metres on the frontal face, dlib order: the photo's landmarks scaled to
+    a 64 mm inter-ocular distance, eyes at EYE_Y, centred between the eyes (x right, y up)."""
+    centre_x = 0.5 * (FRONTAL_FACE_PX[36:42, 0].mean() + FRONTAL_FACE_PX[42:48, 0].mean())
+    x = (FRONTAL_FACE_PX[:, 0] - centre_x) * PX_TO_M
+    y = EYE_Y - (FRONTAL_FACE_PX[:, 1] - EYE_LINE_PX) * PX_TO_M
+    return np.stack([x, y], axis=1)
 
 
 def _embed(points: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,81 +25,100 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from singinghead.flame.camera import project, to_camera
 from singinghead.flame.layer import FlameLayer
 from singinghead.schemas import motion as layout
+from singinghead.tasks.sequence_filters import boxplot_outliers, replace_outliers
 
 
-def portrait_camera(K: np.ndarray, crop: tuple[int, int, int], size: int = 1024) -> np.ndarray:
-    """Intrinsics of a portrait cut from the source by a square crop (x0, y0, side) and scaled."""
-    x0, y0, side = crop
-    s = size / side
-    Kp = np.array(K, dtype=np.float64).copy()
-    Kp[0, 0] *= s
-    Kp[1, 1] *= s
-    Kp[0, 2] = (K[0, 2] - x0 + 0.5) * s - 0.5
-    Kp[1, 2] = (K[1, 2] - y0 + 0.5) * s - 0.5
-    return Kp
+def _targets(lmk2d: np.ndarray, confidence: np.ndarray | None, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Landmarks with missing frames (NaN) zeroed, and per-frame weights (confidence, 0 when missing)."""
+    lmk = np.asarray(lmk2d, dtype=np.float64)
+    present = np.isfinite(lmk).all(axis=(1, 2))
+    w = np.ones(len(lmk)) if confidence is None else np.nan_to_num(np.asarray(confidence, dtype=np.float64))
+    w = np.where(present, w, 0.0)
+    return torch.as_tensor(np.where(present[:, None, None], lmk, 0.0), dtype=dtype), torch.as_tensor(w, dtype=dtype)
 
 
-def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(B, N, 3) camera-space points (x right, y down, z forward) → (B, N, 2) pixels."""
-    uv = points[..., :2] / points[..., 2:3]
-    return uv * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+def _jaw(pitch: torch.Tensor) -> torch.Tensor:
+    """FLAME jaw pose from the opening angle: the jaw of a singer opens about x only."""
+    return torch.cat([pitch, torch.zeros(len(pitch), 2, dtype=pitch.dtype, device=pitch.device)], dim=1)
 
 
-# FLAME is y-up, z towards the viewer; the camera is y-down, z forward: a fixed flip.
-_FLIP = torch.tensor([1.0, -1.0, -1.0])
-
-
-def to_camera(lmk_model: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
-    return lmk_model * _FLIP.to(lmk_model) + translation[:, None, :]
+def _initial_translation(target: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Per frame, the head placed behind the landmarks' centre at the distance their spread implies
+    (a face ≈ 0.13 m wide)."""
+    spread = (target[:, :, 0].amax(1) - target[:, :, 0].amin(1)).clamp(min=1.0)
+    z = K[0, 0] * 0.13 / spread
+    c = target.mean(1)
+    return torch.stack([(c[:, 0] - K[0, 2]) / K[0, 0] * z, (c[:, 1] - K[1, 2]) / K[1, 1] * z, z], 1)
 
 
 @dataclass
 class FrameFit:
     shape: np.ndarray  # (T, 100)
     expression: np.ndarray  # (T, 50)
-    global_orient: np.ndarray  # (T, 3)
+    global_orient: np.ndarray  # (T, 3) the whole head's rotation (no neck split per frame)
     jaw: np.ndarray  # (T, 3)
     translation: np.ndarray  # (T, 3) metres, camera space
-    error_px: np.ndarray  # (T,) RMS landmark error
+    error_px: np.ndarray  # (T,) RMS landmark error (NaN where the frame had no landmarks)
+
+    def groups(self) -> dict[str, np.ndarray]:
+        """Per-frame parameter vectors for the box-plot outlier test, one per group."""
+        return {"shape": self.shape, "expression": self.expression, "pose": self.global_orient,
+                "jaw": self.jaw, "translation": self.translation}
 
 
-def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, steps: int = 400, lr: float = 0.02,
-               shape_reg: float = 1e-2, expr_reg: float = 1e-3) -> FrameFit:
-    """Independent per-frame fits of (T, 68, 2) landmarks, batched."""
-    dt = layer.v_template.dtype
-    target = torch.as_tensor(lmk2d, dtype=dt)
+def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: np.ndarray | None = None,
+               steps: int = 200, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-2,
+               expr_reg: float = 1e-3) -> FrameFit:
+    """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact)."""
+    dt = layer.p_template.dtype
+    target, w = _targets(lmk2d, confidence, dt)
     Kt = torch.as_tensor(K, dtype=dt)
     T = len(target)
     shape = torch.zeros(T, layer.n_shape, dtype=dt, requires_grad=True)
     expr = torch.zeros(T, layer.n_expression, dtype=dt, requires_grad=True)
     rot = torch.zeros(T, 3, dtype=dt, requires_grad=True)
-    jaw = torch.zeros(T, 3, dtype=dt, requires_grad=True)
-    # Initial distance from the landmarks' spread: a face ~0.13 m wide.
-    spread = (target[:, :, 0].amax(1) - target[:, :, 0].amin(1)).clamp(min=1.0)
-    z0 = Kt[0, 0] * 0.13 / spread
-    centre = target.mean(1)
-    trans0 = torch.stack([(centre[:, 0] - Kt[0, 2]) / Kt[0, 0] * z0, (centre[:, 1] - Kt[1, 2]) / Kt[1, 1] * z0, z0], 1)
-    trans = trans0.clone().requires_grad_(True)
+    pitch = torch.zeros(T, 1, dtype=dt, requires_grad=True)
+    trans = _initial_translation(target, Kt).requires_grad_(True)
     zero = torch.zeros(T, 3, dtype=dt)
-    opt = torch.optim.Adam([shape, expr, rot, jaw, trans], lr=lr)
+    opt = torch.optim.Adam([{"params": [shape, expr, rot, pitch]}, {"params": [trans], "lr": lr * trans_lr}], lr=lr,
+                           fused=True)
     for _ in range(steps):
         opt.zero_grad()
-        lmk = layer.landmarks(shape, expr, rot, zero, jaw)
-        proj = project(to_camera(lmk, trans), Kt)
-        err = (proj - target).pow(2).sum(-1).mean(-1)  # px² per frame
-        loss = err.sum() / 100 + shape_reg * shape.pow(2).sum() + expr_reg * expr.pow(2).sum()
+        lmk = layer.landmarks(shape, expr, rot, zero, _jaw(pitch))
+        err = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1)  # px² per frame
+        loss = (w * err).sum() / 100 + shape_reg * shape.pow(2).sum() + expr_reg * expr.pow(2).sum()
         loss.backward()
         opt.step()
         with torch.no_grad():
-            jaw[:, 1:] = 0.0  # the jaw opens (pitch) only
-            jaw[:, 0].clamp_(0.0, 0.6)
+            pitch.clamp_(0.0, 0.6)
     with torch.no_grad():
-        lmk = layer.landmarks(shape, expr, rot, zero, jaw)
+        lmk = layer.landmarks(shape, expr, rot, zero, _jaw(pitch))
         rms = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1).sqrt()
-    return FrameFit(shape.detach().numpy(), expr.detach().numpy(), rot.detach().numpy(), jaw.detach().numpy(),
+        rms[w == 0] = float("nan")
+        jaw = _jaw(pitch)
+    return FrameFit(shape.detach().numpy(), expr.detach().numpy(), rot.detach().numpy(), jaw.numpy(),
                     trans.detach().numpy(), rms.numpy())
+
+
+def replace_frame_outliers(fit: FrameFit, scale: float = 1.5) -> tuple[FrameFit, dict[str, np.ndarray]]:
+    """Box-plot outlier replacement (SPEC §2.5) on each parameter group of the per-frame fits;
+    frames without landmarks count as outliers of every group. Returns the cleaned fits and the
+    per-group outlier masks."""
+    missing = ~np.isfinite(fit.error_px)
+    if missing.all():
+        raise ValueError("no frame has landmarks")
+    flags, cleaned = {}, {}
+    for name, values in fit.groups().items():
+        mask = missing.copy()
+        mask[~missing] = boxplot_outliers(values[~missing], scale)
+        flags[name] = mask
+        cleaned[name] = replace_outliers(values, mask)
+    fixed = FrameFit(cleaned["shape"], cleaned["expression"], cleaned["pose"], cleaned["jaw"],
+                     cleaned["translation"], fit.error_px)
+    return fixed, flags
 
 
 @dataclass
@@ -110,44 +129,55 @@ class SequenceFit:
 
 
 def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.ndarray, init: FrameFit,
-                 steps: int = 400, lr: float = 0.01, w_smooth: float = 0.01, w_smooth_face: float = 1e-4,
-                 w_reg: float = 1e-3) -> SequenceFit:
-    """Sequence reprojection optimisation with the subject's shape fixed (see module docstring)."""
-    dt = layer.v_template.dtype
-    target = torch.as_tensor(lmk2d, dtype=dt)
+                 confidence: np.ndarray | None = None, steps: int = 100, lr: float = 0.01,
+                 w_smooth: float = 500.0, w_smooth_face: float = 5.0, w_reg: float = 50.0,
+                 trans_lr: float = 0.1, full_mesh: bool = False) -> SequenceFit:
+    """Sequence reprojection optimisation with the subject's shape fixed (see module docstring).
+
+    `full_mesh` evaluates the landmarks through the whole skinned mesh (smplx LBS) instead of the
+    landmark-only path: same result, for benchmarking.
+    """
+    dt = layer.p_template.dtype
+    target, w = _targets(lmk2d, confidence, dt)
     Kt = torch.as_tensor(K, dtype=dt)
-    layer.fold_shape(torch.as_tensor(shape, dtype=dt)[None])
-    mean_rot = torch.as_tensor(init.global_orient.mean(0), dtype=dt)
-    glob = torch.as_tensor(init.global_orient, dtype=dt).clone().requires_grad_(True)
-    neck = torch.zeros_like(glob, requires_grad=True)
+    T = len(target)
+    shape_t = torch.as_tensor(shape, dtype=dt)[None]
+    layer.fold_shape(shape_t)
+    half = torch.as_tensor(init.global_orient, dtype=dt) / 2  # the minimum-norm split (module docstring)
+    glob = half.clone().requires_grad_(True)
+    neck = half.clone().requires_grad_(True)
     expr = torch.as_tensor(init.expression, dtype=dt).clone().requires_grad_(True)
-    jaw = torch.as_tensor(init.jaw, dtype=dt).clone().requires_grad_(True)
+    pitch = torch.as_tensor(init.jaw[:, :1], dtype=dt).clone().requires_grad_(True)
     trans = torch.as_tensor(init.translation, dtype=dt).clone().requires_grad_(True)
-    opt = torch.optim.Adam([glob, neck, expr, jaw, trans], lr=lr)
+    # Adam's steps are ≈ lr in every parameter: translation moves in millimetres, not centimetres.
+    opt = torch.optim.Adam([{"params": [glob, neck, expr, pitch]}, {"params": [trans], "lr": lr * trans_lr}], lr=lr,
+                           fused=True)
+
+    def landmarks():
+        if full_mesh:
+            return layer(shape_t.expand(T, -1), expr, glob, neck, _jaw(pitch))[1]
+        return layer.landmarks(None, expr, glob, neck, _jaw(pitch))
 
     def diff2(x):
         return (x[1:] - x[:-1]).pow(2).sum()
 
     for _ in range(steps):
         opt.zero_grad()
-        lmk = layer.landmarks(None, expr, glob, neck, jaw)
-        proj = project(to_camera(lmk, trans), Kt)
-        l_lmk = (proj - target).pow(2).sum(-1).mean()
-        l_smooth = diff2(glob) + diff2(neck) + 100 * diff2(trans) \
-            + w_smooth_face / w_smooth * (diff2(expr) + diff2(jaw))
-        l_reg = (glob - mean_rot).pow(2).sum() + 4.0 * neck.pow(2).sum()
-        (l_lmk + w_smooth * 1e3 * l_smooth + w_reg * 1e3 * l_reg).backward()
+        err = (project(to_camera(landmarks(), trans), Kt) - target).pow(2).sum(-1).mean(-1)
+        l_smooth = diff2(glob) + diff2(neck) + 100 * diff2(trans)
+        l_face = diff2(expr) + diff2(pitch)
+        l_reg = glob.pow(2).sum() + neck.pow(2).sum()
+        ((w * err).sum() + w_smooth * l_smooth + w_smooth_face * l_face + w_reg * l_reg).backward()
         opt.step()
         with torch.no_grad():
-            jaw[:, 1:] = 0.0
-            jaw[:, 0].clamp_(0.0, 0.6)
+            pitch.clamp_(0.0, 0.6)
     with torch.no_grad():
-        lmk = layer.landmarks(None, expr, glob, neck, jaw)
-        rms = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1).sqrt()
+        rms = (project(to_camera(landmarks(), trans), Kt) - target).pow(2).sum(-1).mean(-1).sqrt()
+        rms[w == 0] = float("nan")
     layer.fold_shape(None)
-    motion = np.zeros((len(target), layout.MOTION_DIM))
+    motion = np.zeros((T, layout.MOTION_DIM))
     motion[:, layout.EXPRESSION] = expr.detach().numpy()
     motion[:, layout.GLOBAL_ORIENT] = glob.detach().numpy()
     motion[:, layout.NECK] = neck.detach().numpy()
-    motion[:, layout.JAW] = jaw.detach().numpy()
+    motion[:, layout.JAW] = _jaw(pitch).detach().numpy()
     return SequenceFit(motion, trans.detach().numpy(), rms.numpy())
