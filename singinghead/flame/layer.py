@@ -56,7 +56,8 @@ class FlameLayer(nn.Module):
         self.register_buffer("p_posedirs", t(per(model.posedirs.reshape(n_v, 3, -1))))  # (68·J·3, 36)
         self.register_buffer("lmk_joint_weights", t(wb.sum(1)))  # (68, J)
         self.register_buffer("j_template", t(model.J_regressor @ model.v_template))  # (5, 3)
-        self.register_buffer("j_dirs", t(np.einsum("jv,vck->jck", model.J_regressor, dirs).reshape(-1, dirs.shape[2]).T))
+        j_dirs = np.einsum("jv,vck->jck", model.J_regressor, dirs)
+        self.register_buffer("j_dirs", t(j_dirs.reshape(-1, dirs.shape[2]).T))  # (K, 5·3)
         self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
