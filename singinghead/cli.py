@@ -83,7 +83,22 @@ def _print_summary(summary: dict) -> None:
                      f"{vo['offset_s']:.3f} (log {vo['log_s']:.3f})", "\n".join(r["flags"]) or "–",
                      "\n".join(Path(u).name for u in summary["audio"].get(take_id, [])))
     console.print(sync)
-    ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]) | set(summary["audio_submitted"]))
+    motion_reports = files.read_json(summary["motion_report"])
+    motion = Table(title="FLAME motion (59-d per frame, 30 fps)")
+    for col in ("take", "segment", "frames", "outlier frames", "reprojection px (median / p95)"):
+        motion.add_column(col)
+    for take_id, r in motion_reports.items():
+        if "segments" not in r:
+            motion.add_row(take_id, "–", "–", f"[red]{r['status']}[/] {r.get('problem', '')}", "")
+            continue
+        for seg in r["segments"]:
+            px = seg["reprojection_px"]
+            motion.add_row(take_id, str(seg["segment_index"]), str(seg["frames"]),
+                           ", ".join(f"{k} {v}" for k, v in seg["outlier_frames"].items() if v) or "–",
+                           f"{px['median']:.1f} / {px['p95']:.1f}" if px["median"] is not None else "–")
+    console.print(motion)
+    ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]) | set(summary["audio_submitted"])
+                 | set(summary["flame_submitted"]))
     console.print(f"takes processed this run: {', '.join(ran) if ran else 'none (everything was up to date)'}")
     console.print(f"ingest report: {summary['report']}")
     console.print(f"crop report:   {summary['crop_report']}")
@@ -93,6 +108,11 @@ def _print_summary(summary: dict) -> None:
     for take_id, urls in summary["audio"].items():
         if urls:
             console.print(f"audio of {take_id}:    {str(Path(urls[0]).parent)}/")
+    for take_id, urls in summary["motion"].items():
+        if urls:
+            console.print(f"motion of {take_id}:   {str(Path(urls[0]).parent)}/")
+    if summary["subject_shape"]:
+        console.print(f"subject shape: {summary['subject_shape']}")
     console.print(f"catalog: {summary['out']}/catalog")
 
 

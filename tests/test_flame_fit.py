@@ -76,3 +76,15 @@ def test_full_mesh_path_gives_the_same_fit(layer):
     a = fit_sequence(layer, truth.observed, truth.K, frames.shape.mean(0), frames, steps=20)
     b = fit_sequence(layer, truth.observed, truth.K, frames.shape.mean(0), frames, steps=20, full_mesh=True)
     np.testing.assert_allclose(a.motion, b.motion, atol=1e-3)
+
+
+def test_a_wild_detection_is_a_boxplot_outlier_and_is_replaced(layer):
+    truth = known_sequence(layer, frames=60, seed=3)
+    observed = truth.observed.copy()
+    observed[30] += [80.0, -40.0]  # the detector jumped to a wrong place for one frame
+    frames = fit_frames(layer, observed, truth.K)
+    cleaned, flags = replace_frame_outliers(frames)
+    assert flags["translation"][30] and flags["translation"].sum() <= 3
+    interpolated = 0.5 * (frames.translation[29] + frames.translation[31])
+    np.testing.assert_allclose(cleaned.translation[30], interpolated)
+    np.testing.assert_allclose(cleaned.translation[30, :2], truth.translation[30, :2], atol=0.003)  # m

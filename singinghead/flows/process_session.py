@@ -4,7 +4,9 @@ The flow validates the manifest, checksums raw files (stat-cached, read-only), a
 which steps of which takes still need work and submits only those as Prefect tasks to a
 DaskTaskRunner (a local cluster by default, an existing scheduler with `dask_address`).
 Steps per take: ingest (probe and check the streams) → crop (portrait segments; GPU-tagged)
-→ audio (vocal removal, sync offsets, dense landmarks, per-segment singing audio and BGM).
+→ audio (vocal removal, sync offsets, dense landmarks, per-segment singing audio and BGM)
+→ FLAME per-frame fits; then the subject's shape from all takes' fits; then per take the
+FLAME sequences (59-d motion per frame, GPU-tagged).
 A failed take is reported and the others finish. Re-running an unchanged session submits no
 task at all.
 """
@@ -24,7 +26,10 @@ from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
 from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
-from singinghead.tasks import audio, crop, ingest
+from singinghead.tasks import audio, crop, flame_fit, ingest
+
+#: Where the subject's final shape comes from until the light-stage scan fit provides it.
+SHAPE_SOURCE = "monocular mean"
 
 
 def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
@@ -84,6 +89,25 @@ def audio_markdown(session_id: str, reports: dict[str, dict]) -> str:
     return markdown_table(f"Audio of session `{session_id}`", header, rows)
 
 
+def motion_markdown(session_id: str, reports: dict[str, dict], shape_info: dict | None) -> str:
+    header = ["take", "segment", "frames", "no landmarks", "outlier frames", "reprojection px (median / p95)"]
+    rows = []
+    for take_id, r in reports.items():
+        if "segments" not in r:
+            rows.append(_failed_row(take_id, r, len(header)))
+            continue
+        for seg in r["segments"]:
+            px = seg["reprojection_px"]
+            shown = f"{px['median']:.1f} / {px['p95']:.1f}" if px["median"] is not None else "–"
+            outliers = ", ".join(f"{k} {v}" for k, v in seg["outlier_frames"].items() if v) or "–"
+            rows.append([take_id, str(seg["segment_index"]), str(seg["frames"]), str(seg["frames_without_landmarks"]),
+                         outliers, shown])
+    text = markdown_table(f"FLAME motion of session `{session_id}`", header, rows)
+    if shape_info:
+        text += f"\nSubject shape: {shape_info['source']} over {shape_info['frames']} frames.\n"
+    return text
+
+
 def _collect(step: str, futures: dict) -> dict[str, dict]:
     """Wait for a step's task per take; a failed take is recorded, never raised (others go on)."""
     out = {}
@@ -104,7 +128,7 @@ def _publish_if_changed(url: str, data: bytes) -> None:
 
 @flow(name="process-session", flow_run_name="process-{session_dir}", log_prints=True)
 def process_session(session_dir: str, out: str) -> dict:
-    """Ingest, crop and process the audio of every take of `session_dir` into `out` (path or fsspec URL)."""
+    """Every take of `session_dir` through ingest, crop, audio and FLAME into `out` (path or fsspec URL)."""
     logger = get_run_logger()
     root = Path(session_dir).resolve()
     manifest = load_manifest(root)
@@ -156,6 +180,46 @@ def process_session(session_dir: str, out: str) -> dict:
                 str(root), manifest.session_id, take, raw["song"], raw["mic"], results[take.id].video.first_pts_s,
                 crops[take.id]["refs"], out)
     audios.update(_collect("audio", audio_futures))
+    # FLAME: monocular per-frame fits for all takes → the subject's shape → sequences per take.
+    fits: dict[str, dict] = {}
+    fit_futures = {}
+    for take in manifest.takes:
+        if audios.get(take.id, {}).get("status") != "ok":
+            continue
+        done = flame_fit.frames_done(out, crops[take.id]["refs"], audios[take.id]["refs"])
+        if done is not None:
+            fits[take.id] = {"status": "ok", "refs": done}
+        else:
+            fit_futures[take.id] = flame_fit.frame_fits_task.submit(
+                str(root), manifest.session_id, take.id, take.video, crops[take.id]["refs"], audios[take.id]["refs"],
+                out)
+    fits.update(_collect("flame frames", fit_futures))
+    session_url = files.join(out, "sessions", manifest.session_id)
+    frame_refs = [r for f in fits.values() if f["status"] == "ok" for r in f["refs"]]
+    motions: dict[str, dict] = {}
+    motion_futures = {}
+    shape_info = None
+    if frame_refs:
+        shape, n_frames = flame_fit.subject_shape(frame_refs)
+        shape_info = {"subject_id": manifest.subject.id, "source": SHAPE_SOURCE, "frames": n_frames,
+                      "shape": [float(x) for x in shape]}
+        _publish_if_changed(files.join(session_url, "subject_shape.json"),
+                            (json.dumps(shape_info, indent=2) + "\n").encode())
+        for take_id, f in fits.items():
+            if f["status"] != "ok":
+                continue
+            done = flame_fit.sequence_done(out, f["refs"], shape, SHAPE_SOURCE)
+            if done is not None:
+                motions[take_id] = {"status": "ok", "refs": done}
+            else:
+                motion_futures[take_id] = flame_fit.sequences_task.submit(
+                    manifest.session_id, take_id, crops[take_id]["refs"], f["refs"], shape_info["shape"], SHAPE_SOURCE,
+                    out)
+    motions.update(_collect("flame sequence", motion_futures))
+    motion_reports = {take_id: flame_fit.read_motion_summary(m["refs"]) if m["status"] == "ok" else m
+                      for take_id, m in motions.items()}
+    motion_reports.update({take_id: f for take_id, f in fits.items() if f["status"] != "ok"})
+
     audio_reports = {
         take_id: audio.read_report(a["refs"]) if a["status"] == "ok" else a for take_id, a in audios.items()
     }
@@ -169,7 +233,6 @@ def process_session(session_dir: str, out: str) -> dict:
         session_id=manifest.session_id, subject_id=manifest.subject.id, manifest_sha256=manifest_sha,
         takes=[results[t.id] for t in manifest.takes],
     )
-    session_url = files.join(out, "sessions", manifest.session_id)
     markdown = ingest_markdown(report)
     _publish_if_changed(files.join(session_url, "ingest_report.json"),
                         (report.model_dump_json(indent=2) + "\n").encode())
@@ -182,7 +245,11 @@ def process_session(session_dir: str, out: str) -> dict:
                         (json.dumps(audio_reports, indent=2, sort_keys=True) + "\n").encode())
     audio_md = audio_markdown(manifest.session_id, audio_reports)
     _publish_if_changed(files.join(session_url, "audio_report.md"), audio_md.encode())
-    for name, text in (("ingest", markdown), ("crop", crop_md), ("audio", audio_md)):
+    _publish_if_changed(files.join(session_url, "motion_report.json"),
+                        (json.dumps(motion_reports, indent=2, sort_keys=True) + "\n").encode())
+    motion_md = motion_markdown(manifest.session_id, motion_reports, shape_info)
+    _publish_if_changed(files.join(session_url, "motion_report.md"), motion_md.encode())
+    for name, text in (("ingest", markdown), ("crop", crop_md), ("audio", audio_md), ("motion", motion_md)):
         create_markdown_artifact(
             key=re.sub(r"[^a-z0-9-]", "-", f"{name}-{manifest.session_id}".lower()), markdown=text,
             description=f"{name} report of session {manifest.session_id}",
@@ -211,6 +278,13 @@ def process_session(session_dir: str, out: str) -> dict:
             for take_id, a in audios.items() if a["status"] == "ok"
         },
         "audio_report": files.join(session_url, "audio_report.json"),
+        "flame_submitted": sorted(fit_futures) + sorted(motion_futures),
+        "motion": {
+            take_id: [r.url for r in m["refs"] if r.meta.get("kind") == "motion"]
+            for take_id, m in motions.items() if m["status"] == "ok"
+        },
+        "motion_report": files.join(session_url, "motion_report.json"),
+        "subject_shape": files.join(session_url, "subject_shape.json") if shape_info else None,
         "takes": {t.take_id: t.status for t in report.takes},
         "report": files.join(session_url, "ingest_report.json"),
     }

@@ -1,34 +1,56 @@
-"""FLAME tracking from 68 landmarks on portrait frames (SPEC §2.3, §2.5–2.8).
+"""FLAME tracking from 68 landmarks on portrait frames (SPEC §2.3, §2.5–2.8), per take.
 
-Camera: the Kinect colour intrinsics carried into the portrait (crop then scale), so a segment's
-camera is known; FLAME is placed in camera space by a rotation (global orientation) and a
-translation per frame. Landmarks are FLAME's 68-point embedding, projected with that camera.
+Camera: the Kinect colour intrinsics carried into the portrait (crop then scale; landmarks are
+undistorted with the calibration's distortion first), so a segment's camera is known and only
+the head moves: FLAME's global orientation and a translation per frame.
 
-1. `fit_frames`: per-frame monocular fit of shape, expression, jaw, rotation and translation,
-   all frames of a segment in one batch (Adam), initialised from a frontal pose at a plausible
-   distance. The subject's shape is the mean of all frames' shapes.
-2. `boxplot_outliers` / `replace_outliers` on every per-frame parameter group (sequence_filters).
-3. `fit_sequence`: with the final shape fixed (folded into the landmark path), optimise global
-   orientation, neck, translation, expression and jaw over the sequence:
-   L = λl·Σ‖lmk − proj‖² + λs·Σ‖X_{t+1} − X_t‖² (pose, neck, translation; light on expression and
-   jaw) + λr·(‖θ_global − θ̄‖² + ‖θ_neck‖²), θ̄ the sequence-mean head orientation. Global vs neck:
-   from landmarks alone they are the same rotation, so the per-sequence mean orientation is
-   carried by `global` and the per-frame deviations are split by the regulariser (neck gets the
-   share its smaller weight allows); documented as a convention, not recovered from data.
-Output motion per frame: [expression 50 | global 3 | neck 3 | jaw 3] (SPEC §2.8).
+1. `fit_frames` (monocular, per frame): shape, expression, jaw, head rotation and translation
+   of every frame of a segment in one batch (Adam). The subject's shape is the mean over the
+   frames of all takes (`subject_shape`), or the scan fit when a light-stage scan exists.
+2. `replace_frame_outliers`: box-plot outliers per parameter group (SPEC §2.5), scale s.
+3. Landmark smoothing (SPEC §2.6, `sequence_filters.smooth_landmarks`).
+4. `fit_sequence` with the final shape fixed (folded into the landmark path): global
+   orientation, neck, translation, expression and jaw over the sequence,
+   L = Σ_t c_t·‖lmk − proj‖² + λs·Σ‖X_{t+1} − X_t‖² (global, neck, translation) + λf·(the same on
+   expression and jaw) + λr·(‖θ_global‖² + ‖θ_neck‖²).
+   Global vs neck: landmarks only see the composition of the two rotations (their pivots are
+   2.5 cm apart, which the translation absorbs), so the split is decided by the regulariser:
+   with equal weights its minimum is the even split, and the optimisation starts there (each
+   gets half the per-frame head rotation). A documented convention, not recovered from data.
+Output per segment: a Parquet table (schemas.motion.MOTION_SCHEMA) with the 59-d motion
+[expression 50 | global 3 | neck 3 | jaw 3] per frame, translation, camera, reprojection error,
+landmarks, eye closure and outlier flags.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
+import json
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from prefect import task
 
-from singinghead.flame.camera import project, to_camera
+from singinghead.capture_rigs.azure_kinect import KinectRecording
+from singinghead.flame.camera import portrait_camera, project, to_camera
 from singinghead.flame.layer import FlameLayer
+from singinghead.flame.model import load_flame
+from singinghead.flame.procedural import write_model
 from singinghead.schemas import motion as layout
-from singinghead.tasks.sequence_filters import boxplot_outliers, replace_outliers
+from singinghead.schemas.artifacts import ArtifactRef
+from singinghead.schemas.settings import get_settings
+from singinghead.storage import files
+from singinghead.storage.catalog import Catalog, cache_key
+from singinghead.tasks.sequence_filters import boxplot_outliers, replace_outliers, smooth_landmarks
 
 
 def _targets(lmk2d: np.ndarray, confidence: np.ndarray | None, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,3 +203,269 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
     motion[:, layout.NECK] = neck.detach().numpy()
     motion[:, layout.JAW] = _jaw(pitch).detach().numpy()
     return SequenceFit(motion, trans.detach().numpy(), rms.numpy())
+
+
+def project_motion(layer: FlameLayer, shape: np.ndarray, motion: np.ndarray, translation: np.ndarray,
+                   K: np.ndarray) -> np.ndarray:
+    """(T, 68, 2) portrait pixels of the FLAME landmarks of a fitted sequence."""
+    dt = layer.p_template.dtype
+    m = torch.as_tensor(np.asarray(motion), dtype=dt)
+    with torch.no_grad():
+        lmk = layer.landmarks(torch.as_tensor(np.asarray(shape), dtype=dt)[None].expand(len(m), -1),
+                              m[:, layout.EXPRESSION], m[:, layout.GLOBAL_ORIENT], m[:, layout.NECK], m[:, layout.JAW])
+        return project(to_camera(lmk, torch.as_tensor(np.asarray(translation), dtype=dt)),
+                       torch.as_tensor(K, dtype=dt)).double().numpy()
+
+
+def undistort_portrait(lmk: np.ndarray, crop: tuple[int, int, int], size: int, K: np.ndarray,
+                       dist: np.ndarray) -> np.ndarray:
+    """Portrait landmarks (…, 2) with the colour camera's lens distortion removed (OpenCV model),
+    so that the pinhole `portrait_camera` projects onto them."""
+    x0, y0, side = crop
+    s = side / size
+    pts = np.asarray(lmk, dtype=np.float64)
+    flat = pts.reshape(-1, 2)
+    ok = np.isfinite(flat).all(axis=1)
+    out = np.full_like(flat, np.nan)
+    if ok.any():
+        src = (flat[ok] + 0.5) * s - 0.5 + [x0, y0]
+        und = cv2.undistortPoints(src.reshape(-1, 1, 2), K, dist, P=K).reshape(-1, 2)
+        out[ok] = (und - [x0, y0] + 0.5) / s - 0.5
+    return out.reshape(pts.shape)
+
+
+# --- per take: files, catalog, Prefect tasks ------------------------------------------------------
+
+STEP_FRAMES = "flame_frames"
+STEP_SEQUENCE = "flame_sequence"
+VERSION = "1"
+OUTLIER_SCALE = 1.5
+LANDMARK_FIDELITY = 1.0
+
+
+def flame_folder(out: str) -> Path:
+    """The FLAME files: SINGINGHEAD_FLAME_DIR, else the procedural stand-in, written once under
+    the output's `assets/` (a local cache folder when the output is remote)."""
+    configured = get_settings().flame_dir
+    if configured:
+        return Path(configured)
+    base = Path(out) / "assets" if files.is_local(out) else Path(tempfile.gettempdir()) / "singinghead-assets"
+    folder = base / "flame-procedural"
+    if not (folder / "generic_model.pkl").is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".flame-"))
+        write_model(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another worker published it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+@functools.lru_cache(maxsize=4)
+def _model_id(folder: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")):
+        h.update(name.encode())
+        h.update(files.sha256_file(str(Path(folder) / name))[0].encode())
+    return h.hexdigest()[:16]
+
+
+def model_id(folder: Path) -> str:
+    """Content hash of the FLAME files (part of every FLAME step's catalog key)."""
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(folder).iterdir()))
+    return _model_id(str(folder), stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _layer(folder: str, model: str) -> FlameLayer:
+    return FlameLayer(load_flame(folder))
+
+
+def _load_npz(url: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(files.read_bytes(url))) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _by_segment(refs: list[ArtifactRef], kind: str) -> dict[int, ArtifactRef]:
+    return {r.meta["segment_index"]: r for r in refs if r.meta.get("kind") == kind}
+
+
+def _segment_rows(crop_refs: list[ArtifactRef]) -> tuple[list[dict], str]:
+    table = next(r for r in crop_refs if r.meta.get("kind") == "segments")
+    return pq.read_table(table.url).to_pylist(), table.sha256
+
+
+def _frames_identity(out: str, crop_refs: list[ArtifactRef], audio_refs: list[ArtifactRef]) -> tuple[dict, dict]:
+    _, table_sha = _segment_rows(crop_refs)
+    dense = _by_segment(audio_refs, "dense_landmarks")
+    inputs = {"segments": table_sha, **{f"landmarks_{i:03d}": r.sha256 for i, r in sorted(dense.items())}}
+    return {"flame": model_id(flame_folder(out))}, inputs
+
+
+def frames_done(out: str, crop_refs: list[ArtifactRef], audio_refs: list[ArtifactRef]) -> list[ArtifactRef] | None:
+    done = Catalog(out).lookup(STEP_FRAMES, VERSION, *_frames_identity(out, crop_refs, audio_refs))
+    return done.outputs if done is not None else None
+
+
+def frame_fits_for_take(session_dir: str, session_id: str, take_id: str, video_rel: str,
+                        crop_refs: list[ArtifactRef], audio_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
+    """Monocular per-frame FLAME fits of every segment of a take (one NPZ per segment)."""
+    params, inputs = _frames_identity(out, crop_refs, audio_refs)
+    catalog = Catalog(out)
+    done = catalog.lookup(STEP_FRAMES, VERSION, params, inputs)
+    if done is not None:
+        return done.outputs
+    key = cache_key(STEP_FRAMES, VERSION, params, inputs)
+    out_dir = files.join(out, "sessions", session_id, "takes", take_id, STEP_FRAMES, key[:16])
+    folder = flame_folder(out)
+    layer = _layer(str(folder), params["flame"])
+    with KinectRecording(Path(session_dir) / video_rel) as rec:
+        calib = rec.calibration()
+    rows, _ = _segment_rows(crop_refs)
+    dense = _by_segment(audio_refs, "dense_landmarks")
+    refs = []
+    for row in rows:
+        d = _load_npz(dense[row["segment_index"]].url)
+        crop = (row["crop_x0"], row["crop_y0"], row["crop_side"])
+        K = portrait_camera(calib.K, crop, row["output_size"])
+        lmk = undistort_portrait(d["landmarks"], crop, row["output_size"], calib.K, calib.dist)
+        fit = fit_frames(layer, lmk, K, d["confidence"])
+        url = files.join(out_dir, row["video"].replace(".mp4", "_frames.npz"))
+        with files.atomic_output(url) as tmp:
+            np.savez_compressed(tmp, K=K, landmarks=lmk, confidence=d["confidence"],
+                                mouth_opening=d["mouth_opening"], eye_closure=d["eye_closure"],
+                                **{k: v for k, v in vars(fit).items()})
+        refs.append(files.artifact_ref(url, kind="flame_frames", segment_index=row["segment_index"]))
+    catalog.record(STEP_FRAMES, VERSION, params, inputs, refs, meta={"session_id": session_id, "take_id": take_id})
+    return refs
+
+
+def _frame_fit(data: dict[str, np.ndarray]) -> FrameFit:
+    return FrameFit(**{f: data[f] for f in FrameFit.__dataclass_fields__})
+
+
+def subject_shape(frame_refs: list[ArtifactRef], scale: float = OUTLIER_SCALE) -> tuple[np.ndarray, int]:
+    """The subject's shape: mean of the per-frame shapes of all its segments, without frames that
+    had no landmarks or whose shape is a box-plot outlier. Returns (shape (100,), frames used)."""
+    shapes, weights = [], []
+    for ref in frame_refs:
+        d = _load_npz(ref.url)
+        ok = np.isfinite(d["error_px"])
+        shapes.append(d["shape"][ok])
+        weights.append(d["confidence"][ok])
+    if not shapes or sum(len(s) for s in shapes) == 0:
+        raise ValueError("no frame with landmarks to estimate the subject's shape from")
+    all_shapes, w = np.concatenate(shapes), np.concatenate(weights)
+    keep = ~boxplot_outliers(all_shapes, scale)
+    return np.average(all_shapes[keep], axis=0, weights=np.maximum(w[keep], 1e-6)), int(keep.sum())
+
+
+def _sequence_identity(out: str, frame_refs: list[ArtifactRef], shape: np.ndarray, shape_source: str
+                       ) -> tuple[dict, dict]:
+    params = {"flame": model_id(flame_folder(out)), "outlier_scale": OUTLIER_SCALE,
+              "landmark_fidelity": LANDMARK_FIDELITY, "shape_source": shape_source,
+              "shape": hashlib.sha256(np.asarray(shape, dtype="<f8").tobytes()).hexdigest()[:16]}
+    return params, {f"frames_{r.meta['segment_index']:03d}": r.sha256 for r in frame_refs}
+
+
+def sequence_done(out: str, frame_refs: list[ArtifactRef], shape: np.ndarray, shape_source: str
+                  ) -> list[ArtifactRef] | None:
+    done = Catalog(out).lookup(STEP_SEQUENCE, VERSION, *_sequence_identity(out, frame_refs, shape, shape_source))
+    return done.outputs if done is not None else None
+
+
+def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRef], frame_refs: list[ArtifactRef],
+                       shape: np.ndarray, shape_source: str, out: str) -> list[ArtifactRef]:
+    """Outliers, landmark smoothing and sequence optimisation of every segment of a take with the
+    subject's final shape; one motion Parquet per segment and a take summary."""
+    shape = np.asarray(shape, dtype=np.float64)
+    params, inputs = _sequence_identity(out, frame_refs, shape, shape_source)
+    catalog = Catalog(out)
+    done = catalog.lookup(STEP_SEQUENCE, VERSION, params, inputs)
+    if done is not None:
+        return done.outputs
+    key = cache_key(STEP_SEQUENCE, VERSION, params, inputs)
+    out_dir = files.join(out, "sessions", session_id, "takes", take_id, STEP_SEQUENCE, key[:16])
+    folder = flame_folder(out)
+    layer = _layer(str(folder), params["flame"])
+    rows, _ = _segment_rows(crop_refs)
+    fits = _by_segment(frame_refs, "flame_frames")
+    refs, summary = [], []
+    for row in rows:
+        d = _load_npz(fits[row["segment_index"]].url)
+        frames, flags = replace_frame_outliers(_frame_fit(d), OUTLIER_SCALE)
+        missing = ~np.isfinite(d["landmarks"]).all(axis=(1, 2))
+        conf = np.where(missing, 0.0, d["confidence"])
+        filled = replace_outliers(d["landmarks"], missing)  # gaps bridged; they carry no weight
+        smoothed = smooth_landmarks(filled, conf, fidelity=LANDMARK_FIDELITY)
+        seq = fit_sequence(layer, smoothed, d["K"], shape, frames, conf)
+        fitted = project_motion(layer, shape, seq.motion, seq.translation, d["K"])
+        error = np.sqrt(((fitted - d["landmarks"]) ** 2).sum(-1).mean(-1))  # against the detections
+        url = files.join(out_dir, row["video"].replace(".mp4", "_motion.parquet"))
+        _write_motion(url, row, seq, d, error, flags, shape, shape_source, params["flame"])
+        refs.append(files.artifact_ref(url, kind="motion", segment_index=row["segment_index"]))
+        finite = error[np.isfinite(error)]
+        summary.append({
+            "segment_index": row["segment_index"], "video": row["video"], "frames": len(error),
+            "frames_without_landmarks": int(missing.sum()),
+            "outlier_frames": {name: int(mask.sum()) for name, mask in flags.items()},
+            "reprojection_px": {"median": float(np.median(finite)) if len(finite) else None,
+                                "p95": float(np.percentile(finite, 95)) if len(finite) else None},
+        })
+    report = files.write_json_atomic(files.join(out_dir, "motion_summary.json"),
+                                     {"take_id": take_id, "shape_source": shape_source, "segments": summary})
+    report.meta = {"kind": "motion_summary"}
+    refs.append(report)
+    catalog.record(STEP_SEQUENCE, VERSION, params, inputs, refs, meta={"session_id": session_id, "take_id": take_id})
+    return refs
+
+
+def _write_motion(url: str, row: dict, seq: SequenceFit, d: dict, error: np.ndarray, flags: dict[str, np.ndarray],
+                  shape: np.ndarray, shape_source: str, flame_model: str) -> None:
+    T = len(seq.motion)
+    K = d["K"]
+    names = sorted(flags)
+    table = pa.table({
+        "take_id": [row["take_id"]] * T,
+        "segment_index": np.full(T, row["segment_index"], dtype=np.int32),
+        "frame": np.arange(T, dtype=np.int32),
+        "source_frame": np.arange(row["frame_start"], row["frame_start"] + T, dtype=np.int32),
+        "timestamp_s": np.asarray(row["timestamps_s"][:T], dtype=np.float64),
+        "motion": list(seq.motion.astype(np.float32)),
+        "translation": list(seq.translation.astype(np.float32)),
+        "camera": [np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], dtype=np.float32)] * T,
+        "reprojection_error_px": error.astype(np.float32),
+        "landmarks": list(d["landmarks"].reshape(T, -1).astype(np.float32)),
+        "landmark_confidence": d["confidence"].astype(np.float32),
+        "mouth_opening": d["mouth_opening"].astype(np.float32),
+        "eye_closure": list(d["eye_closure"].astype(np.float32)),
+        "outliers": [[n for n in names if flags[n][t]] for t in range(T)],
+    }, schema=layout.MOTION_SCHEMA.with_metadata({
+        "shape": json.dumps([float(x) for x in shape]), "shape_source": shape_source, "flame_model": flame_model,
+    }))
+    with files.atomic_output(url) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_motion(url: str) -> tuple[pa.Table, np.ndarray]:
+    """A motion table and the subject shape stored in its metadata."""
+    table = pq.read_table(url)
+    return table, np.asarray(json.loads(table.schema.metadata[b"shape"]))
+
+
+@task(name="flame-frames", task_run_name="flame-frames-{take_id}", tags=["gpu"], retries=1, retry_delay_seconds=2)
+def frame_fits_task(session_dir: str, session_id: str, take_id: str, video_rel: str, crop_refs: list[ArtifactRef],
+                    audio_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
+    return frame_fits_for_take(session_dir, session_id, take_id, video_rel, crop_refs, audio_refs, out)
+
+
+@task(name="flame-sequence", task_run_name="flame-sequence-{take_id}", tags=["gpu"], retries=1,
+      retry_delay_seconds=2)
+def sequences_task(session_id: str, take_id: str, crop_refs: list[ArtifactRef], frame_refs: list[ArtifactRef],
+                   shape: list[float], shape_source: str, out: str) -> list[ArtifactRef]:
+    return sequences_for_take(session_id, take_id, crop_refs, frame_refs, np.asarray(shape), shape_source, out)
+
+
+def read_motion_summary(refs: list[ArtifactRef]) -> dict:
+    return files.read_json(next(r for r in refs if r.meta.get("kind") == "motion_summary").url)

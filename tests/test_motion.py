@@ -1,0 +1,85 @@
+"""FLAME motion of the processed sample session against its known head motion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import roma
+import torch
+
+from singinghead.schemas import motion as layout
+from singinghead.storage import files
+from singinghead.tasks import flame_fit
+
+FLIP = np.diag([1.0, -1.0, -1.0])  # FLAME model axes → camera axes
+
+
+def image_roll_deg(motion: np.ndarray) -> np.ndarray:
+    """In-plane head rotation seen by the camera (clockwise on screen positive) from global ∘ neck."""
+    g = roma.rotvec_to_rotmat(torch.as_tensor(motion[:, layout.GLOBAL_ORIENT]))
+    n = roma.rotvec_to_rotmat(torch.as_tensor(motion[:, layout.NECK]))
+    r = FLIP @ (g @ n).numpy() @ FLIP
+    return np.degrees(np.arctan2(r[:, 1, 0], r[:, 0, 0]))
+
+
+@pytest.fixture(scope="module")
+def segments(processed_sample, sample_session):
+    out = []
+    for take, urls in processed_sample["first"]["motion"].items():
+        truth = np.load(sample_session / f"ground_truth/{take}_frames.npz")
+        for url in urls:
+            table, shape = flame_fit.read_motion(url)
+            out.append((take, url, table.to_pydict(), shape, truth))
+    return out
+
+
+def test_every_segment_has_59d_motion(processed_sample, segments):
+    crop_segments = {take: len(urls) for take, urls in processed_sample["first"]["segments"].items()}
+    assert {take: len(urls) for take, urls in processed_sample["first"]["motion"].items()} == crop_segments
+    for take, url, t, shape, _ in segments:
+        motion = np.asarray(t["motion"])
+        assert motion.shape[1] == layout.MOTION_DIM and np.isfinite(motion).all(), url
+        assert shape.shape == (layout.SHAPE_DIM,)
+        assert t["frame"] == list(range(len(motion)))
+        assert len(motion) >= 90  # ≥ 3 s segments
+    info = files.read_json(processed_sample["first"]["subject_shape"])
+    assert info["source"] == "monocular mean" and len(info["shape"]) == 100 and info["frames"] > 500
+    np.testing.assert_allclose(segments[0][3], info["shape"])
+
+
+def test_head_roll_follows_the_known_motion(segments):
+    for take, url, t, _, truth in segments:
+        roll = image_roll_deg(np.asarray(t["motion"]))
+        true_roll = truth["roll_deg"][np.asarray(t["source_frame"])]  # counter-clockwise on screen
+        # up to the resting roll of the photo's face: −roll tracks the truth within a degree
+        residual = (-roll - np.mean(-roll)) - (true_roll - true_roll.mean())
+        assert np.corrcoef(-roll, true_roll)[0, 1] > 0.97, url
+        assert np.abs(residual).mean() < 1.0, url
+
+
+def test_jaw_and_distance_follow_the_known_motion(segments):
+    for take, url, t, _, truth in segments:
+        src = np.asarray(t["source_frame"])
+        motion = np.asarray(t["motion"])
+        assert np.corrcoef(motion[:, layout.JAW.start], truth["jaw_px"][src])[0, 1] > 0.9, url
+        assert np.abs(motion[:, layout.JAW.start + 1:]).max() == 0  # the jaw opens about x only
+        # the portrait shrinks as the head breathes away: depth follows 1 / scale
+        z = np.asarray(t["translation"])[:, 2]
+        assert np.corrcoef(z, 1 / truth["scale"][src])[0, 1] > 0.7, url
+        assert 0.3 < z.mean() < 3.0  # metres
+
+
+def test_reprojection_error_is_reported_and_small(segments):
+    for take, url, t, _, _ in segments:
+        err = np.asarray(t["reprojection_error_px"], dtype=float)
+        assert np.isfinite(err).all()
+        assert np.median(err) < 12.0, url  # px at 1024²: a face ≈ 400 px wide
+        assert all(set(o) <= {"shape", "expression", "pose", "jaw", "translation"} for o in t["outliers"])
+
+
+def test_motion_table_schema(segments):
+    url = segments[0][1]
+    schema = pq.read_schema(url)
+    assert schema.remove_metadata() == layout.MOTION_SCHEMA
+    assert {b"shape", b"shape_source", b"flame_model"} <= set(schema.metadata)
