@@ -37,7 +37,7 @@ def segments(processed_sample, sample_session):
 def test_every_segment_has_59d_motion(processed_sample, segments):
     crop_segments = {take: len(urls) for take, urls in processed_sample["first"]["segments"].items()}
     assert {take: len(urls) for take, urls in processed_sample["first"]["motion"].items()} == crop_segments
-    for take, url, t, shape, _ in segments:
+    for _take, url, t, shape, _ in segments:
         motion = np.asarray(t["motion"])
         assert motion.shape[1] == layout.MOTION_DIM and np.isfinite(motion).all(), url
         assert shape.shape == (layout.SHAPE_DIM,)
@@ -49,7 +49,7 @@ def test_every_segment_has_59d_motion(processed_sample, segments):
 
 
 def test_head_roll_follows_the_known_motion(segments):
-    for take, url, t, _, truth in segments:
+    for _take, url, t, _, truth in segments:
         roll = image_roll_deg(np.asarray(t["motion"]))
         true_roll = truth["roll_deg"][np.asarray(t["source_frame"])]  # counter-clockwise on screen
         # up to the resting roll of the photo's face: −roll tracks the truth within a degree
@@ -59,7 +59,7 @@ def test_head_roll_follows_the_known_motion(segments):
 
 
 def test_jaw_and_distance_follow_the_known_motion(segments):
-    for take, url, t, _, truth in segments:
+    for _take, url, t, _, truth in segments:
         src = np.asarray(t["source_frame"])
         motion = np.asarray(t["motion"])
         assert np.corrcoef(motion[:, layout.JAW.start], truth["jaw_px"][src])[0, 1] > 0.9, url
@@ -71,7 +71,7 @@ def test_jaw_and_distance_follow_the_known_motion(segments):
 
 
 def test_reprojection_error_is_reported_and_small(segments):
-    for take, url, t, _, _ in segments:
+    for _take, url, t, _, _ in segments:
         err = np.asarray(t["reprojection_error_px"], dtype=float)
         assert np.isfinite(err).all()
         assert np.median(err) < 12.0, url  # px at 1024²: a face ≈ 400 px wide
