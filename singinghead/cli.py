@@ -159,6 +159,45 @@ def demo(
     _print_summary(summary)
 
 
+@app.command()
+def release(
+    sessions: list[str] = typer.Argument(..., help="Processed session folders (OUT/sessions/<id>) or output roots"),
+    out: str = typer.Option(..., "--out", help="Release folder or fsspec URL"),
+    version: str = typer.Option(..., "--version", help="Version name of this release"),
+    seed: int = typer.Option(0, help="Seed of the split assignment (fixed for the life of a release)"),
+    split_by: str = typer.Option("window", help="window | sequence | subject (subject-disjoint splits)"),
+    shard_mb: float = typer.Option(256.0, help="Target shard size (Parquet + audio block), MB"),
+) -> None:
+    """Build (or extend) a release: 8 s windows, splits, shards, manifest, card, stats, QA report."""
+    from singinghead.flows.build_release import run_build_release
+
+    with console.status("building the release"):
+        result = run_build_release(sessions, out, version, seed=seed, split_by=split_by, shard_mb=shard_mb)
+    _print_release(result)
+
+
+def _print_release(result: dict) -> None:
+    console.print(f"release {result['version']} at {result['release']}: {result['windows']} windows "
+                  f"({result['new_windows']} new) — " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+    console.print(f"QA report: {result['qa']['html']} ({result['qa']['failing']} windows flagged)")
+    console.print(f"stats: {', '.join(result['stats']['plots'])}")
+
+
+@app.command()
+def verify(release_dir: str = typer.Argument(..., help="Release folder or URL")) -> None:
+    """Re-check every file of a release against its manifest (size, SHA-256, shard schema)."""
+    from singinghead.storage.release import read_manifest, verify_release
+
+    problems = verify_release(release_dir)
+    n = read_manifest(release_dir).num_rows
+    if problems:
+        for p in problems:
+            console.print(f"[red]{p}[/]")
+        console.print(f"{len(problems)} problems in {release_dir} ({n} windows)")
+        raise typer.Exit(1)
+    console.print(f"{release_dir}: {n} windows, every file matches the manifest")
+
+
 def main() -> None:
     # Keep the console readable: Dask's per-worker chatter and Prefect's telemetry off by default.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

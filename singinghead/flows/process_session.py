@@ -108,6 +108,38 @@ def motion_markdown(session_id: str, reports: dict[str, dict], shape_info: dict 
     return text
 
 
+INDEX_NAME = "processed.json"
+
+
+def session_index(manifest, shape_info: dict | None, crops: dict, audios: dict, audio_reports: dict,
+                  motions: dict) -> dict:
+    """What the release builder reads: per take the song, the offsets used and, per finished
+    segment, the URLs of its portrait video, singing and BGM audio and motion table."""
+    takes = {}
+    for take in manifest.takes:
+        if motions.get(take.id, {}).get("status") != "ok":
+            continue
+
+        def by_segment(refs, kind):
+            return {r.meta["segment_index"]: r.url for r in refs if r.meta.get("kind") == kind}
+
+        videos = by_segment(crops[take.id]["refs"], "portrait_video")
+        singing, bgm = by_segment(audios[take.id]["refs"], "singing"), by_segment(audios[take.id]["refs"], "bgm")
+        motion = by_segment(motions[take.id]["refs"], "motion")
+        report = audio_reports[take.id]
+        audio_flags = {s["segment_index"]: s["singing"]["flags"] + [f"bgm {f}" for f in s["bgm"]["flags"]]
+                       for s in report["segments"]}
+        takes[take.id] = {
+            "song": take.song.model_dump(exclude={"file"}),
+            "mic_to_song_s": report["song_offset"]["used_s"], "video_to_mic_s": report["video_offset"]["used_s"],
+            "sync_flags": report["flags"],
+            "segments": [{"segment_index": i, "video": videos[i], "singing": singing[i], "bgm": bgm[i],
+                          "motion": motion[i], "audio_flags": audio_flags.get(i, [])} for i in sorted(motion)],
+        }
+    return {"session_id": manifest.session_id, "subject": manifest.subject.model_dump(), "subject_shape": shape_info,
+            "takes": takes}
+
+
 def _collect(step: str, futures: dict) -> dict[str, dict]:
     """Wait for a step's task per take; a failed take is recorded, never raised (others go on)."""
     out = {}
@@ -249,6 +281,8 @@ def process_session(session_dir: str, out: str) -> dict:
                         (json.dumps(motion_reports, indent=2, sort_keys=True) + "\n").encode())
     motion_md = motion_markdown(manifest.session_id, motion_reports, shape_info)
     _publish_if_changed(files.join(session_url, "motion_report.md"), motion_md.encode())
+    index = session_index(manifest, shape_info, crops, audios, audio_reports, motions)
+    _publish_if_changed(files.join(session_url, INDEX_NAME), (json.dumps(index, indent=2) + "\n").encode())
     for name, text in (("ingest", markdown), ("crop", crop_md), ("audio", audio_md), ("motion", motion_md)):
         create_markdown_artifact(
             key=re.sub(r"[^a-z0-9-]", "-", f"{name}-{manifest.session_id}".lower()), markdown=text,
@@ -285,6 +319,7 @@ def process_session(session_dir: str, out: str) -> dict:
         },
         "motion_report": files.join(session_url, "motion_report.json"),
         "subject_shape": files.join(session_url, "subject_shape.json") if shape_info else None,
+        "index": files.join(session_url, INDEX_NAME),
         "takes": {t.take_id: t.status for t in report.takes},
         "report": files.join(session_url, "ingest_report.json"),
     }

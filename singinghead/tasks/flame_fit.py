@@ -209,7 +209,7 @@ def project_motion(layer: FlameLayer, shape: np.ndarray, motion: np.ndarray, tra
                    K: np.ndarray) -> np.ndarray:
     """(T, 68, 2) portrait pixels of the FLAME landmarks of a fitted sequence."""
     dt = layer.p_template.dtype
-    m = torch.as_tensor(np.asarray(motion), dtype=dt)
+    m = torch.as_tensor(np.array(motion), dtype=dt)
     with torch.no_grad():
         lmk = layer.landmarks(torch.as_tensor(np.asarray(shape), dtype=dt)[None].expand(len(m), -1),
                               m[:, layout.EXPRESSION], m[:, layout.GLOBAL_ORIENT], m[:, layout.NECK], m[:, layout.JAW])
@@ -278,7 +278,7 @@ def model_id(folder: Path) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _layer(folder: str, model: str) -> FlameLayer:
+def flame_layer(folder: str, model: str) -> FlameLayer:
     return FlameLayer(load_flame(folder))
 
 
@@ -319,7 +319,7 @@ def frame_fits_for_take(session_dir: str, session_id: str, take_id: str, video_r
     key = cache_key(STEP_FRAMES, VERSION, params, inputs)
     out_dir = files.join(out, "sessions", session_id, "takes", take_id, STEP_FRAMES, key[:16])
     folder = flame_folder(out)
-    layer = _layer(str(folder), params["flame"])
+    layer = flame_layer(str(folder), params["flame"])
     with KinectRecording(Path(session_dir) / video_rel) as rec:
         calib = rec.calibration()
     rows, _ = _segment_rows(crop_refs)
@@ -388,7 +388,7 @@ def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRe
     key = cache_key(STEP_SEQUENCE, VERSION, params, inputs)
     out_dir = files.join(out, "sessions", session_id, "takes", take_id, STEP_SEQUENCE, key[:16])
     folder = flame_folder(out)
-    layer = _layer(str(folder), params["flame"])
+    layer = flame_layer(str(folder), params["flame"])
     rows, _ = _segment_rows(crop_refs)
     fits = _by_segment(frame_refs, "flame_frames")
     refs, summary = [], []

@@ -1,0 +1,215 @@
+"""`build_release`: processed sessions → a versioned dataset release (layout: schemas/release.py).
+
+Sources are processed-session folders (`OUT/sessions/<id>`, holding `processed.json`) or output
+roots (every session under them). Each build only adds: windows already in the manifest are
+skipped, their shards and media are never rewritten, and split assignment is a seeded hash, so
+existing windows keep their split. A build stages each session's new windows (media files and
+a staging table) as a Prefect task, then streams the staged windows into shards per split of the
+target size, and rewrites the index files: manifest, `release.json`, the dataset card, the
+statistics plots and the QA report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import soundfile as sf
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from singinghead.flows.process_session import INDEX_NAME
+from singinghead.flows.runtime import prefect_api
+from singinghead.schemas import release as R
+from singinghead.schemas.errors import ManifestError
+from singinghead.storage import files
+from singinghead.storage import release as store
+from singinghead.tasks import qa, stats, windows
+
+RELEASE_JSON = "release.json"
+
+
+def find_sessions(sources: list[str]) -> list[str]:
+    """`processed.json` URLs of the given session folders or output roots."""
+    found = []
+    for src in sources:
+        direct = files.join(src, INDEX_NAME)
+        if files.exists(direct):
+            found.append(direct)
+            continue
+        fs, path = files.url_to_fs(files.join(src, "sessions"))
+        hits = sorted(fs.glob(f"{path}/*/{INDEX_NAME}")) if fs.exists(path) else []
+        if not hits:
+            raise ManifestError(f"{src}: no processed session ({INDEX_NAME}) here or under sessions/")
+        found += [files.join(src, "sessions", Path(h).parent.name, INDEX_NAME) for h in hits]
+    return found
+
+
+def _write_wav(url: str, data: np.ndarray) -> None:
+    with files.atomic_output(url) as tmp:
+        sf.write(tmp, data, R.SAMPLE_RATE, subtype="FLOAT", format="WAV")
+
+
+@task(name="stage-session", task_run_name="stage-{session_id}")
+def stage_session(index_url: str, session_id: str, release: str, build: int, seed: int, split_by: str,
+                  skip: list[str]) -> dict:
+    """Media files of the session's new windows and a staging table + audio block for the shards."""
+    index = files.read_json(index_url)
+    rows, singing, bgm, media = [], [], [], {}
+    skip_set = set(skip)
+    for take_id, take in index["takes"].items():
+        for seg in take["segments"]:
+            for w in windows.segment_windows(index, take_id, seg, seed, split_by, skip_set):
+                wid = w.row["window_id"]
+                paths = {"video": f"media/{wid}.mp4", "singing": f"media/{wid}.wav", "bgm": f"media/{wid}_bgm.wav"}
+                with files.atomic_output(files.join(release, paths["video"])) as tmp:
+                    windows.cut_video(w.video_source, w.row["start_frame"], tmp)
+                _write_wav(files.join(release, paths["singing"]), w.singing)
+                _write_wav(files.join(release, paths["bgm"]), w.bgm)
+                media[wid] = {role: {"path": p, **dict(zip(("sha256", "size"),
+                                                             files.sha256_file(files.join(release, p)), strict=True))}
+                              for role, p in paths.items()}
+                rows.append(w.row)
+                singing.append(w.singing)
+                bgm.append(w.bgm)
+    staging = f".staging/b{build:03d}-{session_id}.parquet"
+    if rows:
+        store.write_shard(release, staging, rows, np.stack(singing), np.stack(bgm))
+    return {"staging": staging if rows else None, "media": media, "windows": len(rows)}
+
+
+def _shard_windows(release: str, staged: list[dict], build: int, target_mb: float) -> list[dict]:
+    """Stream the staged windows into shards per split; returns the new manifest rows."""
+    manifest_rows = []
+    for split in R.SPLITS:
+        buffer: list[tuple[dict, np.ndarray, np.ndarray]] = []
+        n_shard = 0
+
+        def flush():
+            nonlocal buffer, n_shard
+            if not buffer:
+                return
+            rel = f"shards/{split}/windows-b{build:03d}-{n_shard:04d}.parquet"
+            rows = [b[0] for b in buffer]
+            shard, audio = store.write_shard(release, rel, rows, np.stack([b[1] for b in buffer]),
+                                             np.stack([b[2] for b in buffer]))
+            shard_sum = files.sha256_file(files.join(release, shard))
+            audio_sum = files.sha256_file(files.join(release, audio))
+            for i, (row, _, _) in enumerate(buffer):
+                media = row.pop("_media")
+                manifest_rows.append({
+                    **{f.name: row[f.name] for f in R.IDENTITY_FIELDS}, "build": build, "shard_row": i,
+                    "shard_path": shard, "shard_sha256": shard_sum[0], "shard_size": shard_sum[1],
+                    "audio_block_path": audio, "audio_block_sha256": audio_sum[0], "audio_block_size": audio_sum[1],
+                    **{f"{role}_{k}": media[role][k] for role in ("video", "singing", "bgm")
+                       for k in ("path", "sha256", "size")},
+                    "qa_flags": row["qa_flags"],
+                })
+            buffer, n_shard = [], n_shard + 1
+
+        size = 0.0
+        for s in staged:
+            if s["staging"] is None:
+                continue
+            table = pq.read_table(io.BytesIO(files.read_bytes(files.join(release, s["staging"]))))
+            audio = store.read_audio_block(release, s["staging"].removesuffix(".parquet") + ".audio.npz")
+            for i, row in enumerate(table.to_pylist()):
+                if row["split"] != split:
+                    continue
+                row["_media"] = s["media"][row["window_id"]]
+                buffer.append((row, audio["singing"][i], audio["bgm"][i]))
+                size += (audio["singing"][i].nbytes * 2 + 260_000) / 2**20
+                if size >= target_mb:
+                    flush()
+                    size = 0.0
+        flush()
+    return manifest_rows
+
+
+@flow(name="build-release", flow_run_name="release-{version}")
+def build_release(sources: list[str], out: str, version: str, seed: int = 0, split_by: str = "window",
+                  shard_mb: float = 256.0) -> dict:
+    logger = get_run_logger()
+    info_url = files.join(out, RELEASE_JSON)
+    info = files.read_json(info_url) if files.exists(info_url) else \
+        {"seed": seed, "split_by": split_by, "ratios": list(R.SPLIT_RATIOS), "builds": []}
+    if (info["seed"], info["split_by"]) != (seed, split_by):
+        raise ManifestError(f"{info_url}: this release splits with seed {info['seed']} by {info['split_by']}; "
+                            f"a build with seed {seed} by {split_by} would move released windows")
+    existing = store.read_manifest(out).to_pylist() if files.exists(files.join(out, store.MANIFEST)) else []
+    known = sorted(r["window_id"] for r in existing)
+    build = len(info["builds"])
+    index_urls = find_sessions(sources)
+    futures = {url: stage_session.submit(url, files.read_json(url)["session_id"], out, build, seed, split_by, known)
+               for url in index_urls}
+    staged = [futures[url].result() for url in index_urls]
+    new_rows = _shard_windows(out, staged, build, shard_mb)
+    for s in staged:
+        if s["staging"]:
+            for suffix in ("", ".audio.npz"):
+                fs, path = files.url_to_fs(files.join(out, s["staging"].removesuffix(".parquet")
+                                                      + (suffix or ".parquet")))
+                fs.rm(path)
+    manifest = existing + new_rows
+    store.write_manifest(out, manifest)
+    info["version"] = version
+    if new_rows:
+        info["builds"].append({"build": build, "version": version, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "sources": index_urls, "windows_added": len(new_rows)})
+    info["counts"] = {s: sum(r["split"] == s for r in manifest) for s in R.SPLITS}
+    files.write_json_atomic(info_url, info)
+    card = dataset_card(manifest, info)
+    files.write_bytes_atomic(files.join(out, "dataset_card.md"), card.encode())
+    stat = stats.release_stats(out, manifest)
+    report = qa.qa_report(out, manifest)
+    logger.info("release %s: %d windows (%d new), %s", version, len(manifest), len(new_rows), info["counts"])
+    create_markdown_artifact(key="release-" + "".join(c if c.isalnum() else "-" for c in version.lower()),
+                             markdown=card + f"\n\nQA report: {report['html']}\n", description=f"release {version}")
+    return {"release": out, "version": version, "windows": len(manifest), "new_windows": len(new_rows),
+            "counts": info["counts"], "stats": stat, "qa": report}
+
+
+def dataset_card(manifest: list[dict], info: dict) -> str:
+    hours = len(manifest) * R.WINDOW_FRAMES / 30 / 3600
+
+    def table(title: str, key: str) -> str:
+        groups: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(R.SPLITS, 0))
+        for r in manifest:
+            groups[r[key]][r["split"]] += 1
+        lines = [f"### {title}", "", "| " + title.lower() + " | " + " | ".join(R.SPLITS) + " | hours |",
+                 "|---|" + "---|" * (len(R.SPLITS) + 1)]
+        for name, c in sorted(groups.items()):
+            lines.append(f"| {name} | " + " | ".join(str(c[s]) for s in R.SPLITS)
+                         + f" | {sum(c.values()) * 8 / 3600:.3f} |")
+        return "\n".join(lines) + "\n"
+
+    schema = "\n".join(f"| `{f.name}` | `{f.type}` | {R.WINDOW_ARRAYS.get(f.name, '')} |" for f in R.WINDOW_SCHEMA)
+    return (f"# SingingHead-format release `{info.get('version')}`\n\n"
+            f"{len(manifest)} windows of 8 s (240 frames at 30 fps, 16 kHz audio) = {hours:.3f} h; "
+            f"splits {info['counts']} (ratios {info['ratios']}, seed {info['seed']}, by {info['split_by']}); "
+            f"{len({r['subject_id'] for r in manifest})} subjects, {len({r['session_id'] for r in manifest})} "
+            f"sessions; {len(info['builds'])} builds.\n\n"
+            + table("Category", "song_category") + "\n" + table("Subject", "subject_id") + "\n"
+            + table("Language", "song_language") + "\n"
+            + "## Shard schema (`shards/<split>/*.parquet`; audio in the `.audio.npz` beside each shard)\n\n"
+            + "| field | type | per-window shape |\n|---|---|---|\n" + schema + "\n\n"
+            + "`manifest.parquet` lists each window's split and the path, size and SHA-256 of every file it "
+              "uses; `singinghead verify` re-checks them.\n")
+
+
+def run_build_release(sources: list[str], out: str | Path, version: str, seed: int = 0, split_by: str = "window",
+                      shard_mb: float = 256.0) -> dict:
+    out = str(out)
+    if files.is_local(out):
+        out = str(Path(out).resolve())
+    with prefect_api():
+        return build_release([str(s) for s in sources], out, version, seed, split_by, shard_mb)
+
+
+def summary_json(result: dict) -> str:
+    return json.dumps(result, indent=2, default=str)

@@ -1,0 +1,117 @@
+"""Reading, writing and verifying a release folder (layout in schemas/release.py)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from singinghead.schemas import release as R
+from singinghead.schemas.errors import ManifestError
+from singinghead.storage import files
+
+MANIFEST = "manifest.parquet"
+ROW_GROUP = 32  # windows per Parquet row group: the reader's unit of work
+
+
+def window_table(rows: list[dict]) -> pa.Table:
+    """A WINDOW_SCHEMA table from per-window dicts (arrays as flat float32)."""
+    columns = {}
+    for f in R.WINDOW_SCHEMA:
+        values = [r[f.name] for r in rows]
+        if isinstance(f.type, pa.FixedSizeListType):
+            flat = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in values]) if values \
+                else np.zeros(0, np.float32)
+            columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), f.type.list_size)
+        else:
+            columns[f.name] = pa.array(values, type=f.type)
+    return pa.table(columns, schema=R.WINDOW_SCHEMA)
+
+
+def write_shard(release: str, rel_path: str, rows: list[dict], singing: np.ndarray, bgm: np.ndarray
+                ) -> tuple[str, str]:
+    """Write a Parquet shard and its audio block; returns both release-relative paths."""
+    audio_rel = rel_path.removesuffix(".parquet") + ".audio.npz"
+    with files.atomic_output(files.join(release, rel_path)) as tmp:
+        pq.write_table(window_table(rows), tmp, row_group_size=ROW_GROUP, compression="zstd")
+    with files.atomic_output(files.join(release, audio_rel)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, singing=singing.astype(np.float32), bgm=bgm.astype(np.float32),
+                 window_id=np.asarray([r["window_id"] for r in rows]))  # uncompressed: read at disk speed
+    return rel_path, audio_rel
+
+
+def read_manifest(release: str) -> pa.Table:
+    url = files.join(release, MANIFEST)
+    if not files.exists(url):
+        raise ManifestError(f"{url}: not a release (no {MANIFEST})")
+    table = pq.read_table(io.BytesIO(files.read_bytes(url)))
+    if table.schema.remove_metadata() != R.MANIFEST_SCHEMA:
+        raise ManifestError(f"{url}: manifest schema differs from this version's MANIFEST_SCHEMA")
+    return table
+
+
+def write_manifest(release: str, rows: list[dict]) -> None:
+    rows = sorted(rows, key=lambda r: r["window_id"])
+    table = pa.Table.from_pylist(rows, schema=R.MANIFEST_SCHEMA)
+    with files.atomic_output(files.join(release, MANIFEST)) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_audio_block(release: str, rel_path: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(files.read_bytes(files.join(release, rel_path)))) as z:
+        return {k: z[k] for k in z.files}
+
+
+def arrays(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-window arrays of a shard table (or row group) as numpy, shaped per WINDOW_ARRAYS."""
+    out = {}
+    for name in names:
+        col = table.column(name).combine_chunks()
+        out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(table), *R.WINDOW_ARRAYS[name])
+    return out
+
+
+def verify_release(release: str) -> list[str]:
+    """Every file of every window: present, its size and SHA-256 as in the manifest; every shard
+    with this version's schema and the windows the manifest puts in it. Returns the problems."""
+    problems = []
+    manifest = read_manifest(release).to_pylist()
+    checked: dict[str, tuple[str, int] | None] = {}
+    for row in manifest:
+        for role in R.FILE_ROLES:
+            rel = row[f"{role}_path"]
+            if rel not in checked:
+                url = files.join(release, rel)
+                checked[rel] = files.sha256_file(url) if files.exists(url) else None
+            got = checked[rel]
+            if got is None:
+                problems.append(f"{rel}: missing (window {row['window_id']})")
+            elif got != (row[f"{role}_sha256"], row[f"{role}_size"]):
+                problems.append(f"{rel}: checksum or size differs from the manifest (window {row['window_id']})")
+    for shard in sorted({r["shard_path"] for r in manifest}):
+        if checked.get(shard) is None:
+            continue
+        try:
+            table = pq.read_table(io.BytesIO(files.read_bytes(files.join(release, shard))))
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"{shard}: unreadable Parquet ({exc})")
+            continue
+        if table.schema.remove_metadata() != R.WINDOW_SCHEMA:
+            problems.append(f"{shard}: schema differs from WINDOW_SCHEMA")
+            continue
+        ids = table.column("window_id").to_pylist()
+        for r in manifest:
+            if r["shard_path"] == shard and (r["shard_row"] >= len(ids) or ids[r["shard_row"]] != r["window_id"]):
+                problems.append(f"{shard}: row {r['shard_row']} is not window {r['window_id']}")
+    return sorted(set(problems))
+
+
+def iter_shards(release: str, split: str) -> Iterator[str]:
+    """Release-relative paths of a split's shards, in build order."""
+    manifest = read_manifest(release)
+    rows = manifest.filter(pc.equal(manifest.column("split"), split)).column("shard_path").to_pylist()
+    yield from sorted(set(rows))
