@@ -83,52 +83,59 @@ def stage_session(index_url: str, session_id: str, release: str, build: int, see
     return {"staging": staging if rows else None, "media": media, "windows": len(rows)}
 
 
+class ShardWriter:
+    """Collects one split's windows and writes a shard (Parquet + audio block) per target size."""
+
+    def __init__(self, release: str, split: str, build: int, target_mb: float):
+        self.release, self.split, self.build, self.target_mb = release, split, build, target_mb
+        self.buffer: list[tuple[dict, np.ndarray, np.ndarray]] = []
+        self.mb = 0.0
+        self.shards = 0
+        self.manifest_rows: list[dict] = []
+
+    def add(self, row: dict, singing: np.ndarray, bgm: np.ndarray) -> None:
+        self.buffer.append((row, singing, bgm))
+        self.mb += (singing.nbytes + bgm.nbytes + 260_000) / 2**20  # audio + ≈ the arrays of a window
+        if self.mb >= self.target_mb:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        rel = f"shards/{self.split}/windows-b{self.build:03d}-{self.shards:04d}.parquet"
+        rows = [b[0] for b in self.buffer]
+        shard, audio = store.write_shard(self.release, rel, rows, np.stack([b[1] for b in self.buffer]),
+                                         np.stack([b[2] for b in self.buffer]))
+        shard_sum = files.sha256_file(files.join(self.release, shard))
+        audio_sum = files.sha256_file(files.join(self.release, audio))
+        for i, row in enumerate(rows):
+            media = row["_media"]
+            self.manifest_rows.append({
+                **{f.name: row[f.name] for f in R.IDENTITY_FIELDS}, "build": self.build, "shard_row": i,
+                "shard_path": shard, "shard_sha256": shard_sum[0], "shard_size": shard_sum[1],
+                "audio_block_path": audio, "audio_block_sha256": audio_sum[0], "audio_block_size": audio_sum[1],
+                **{f"{role}_{k}": media[role][k] for role in ("video", "singing", "bgm")
+                   for k in ("path", "sha256", "size")},
+                "qa_flags": row["qa_flags"],
+            })
+        self.buffer, self.mb, self.shards = [], 0.0, self.shards + 1
+
+
 def _shard_windows(release: str, staged: list[dict], build: int, target_mb: float) -> list[dict]:
-    """Stream the staged windows into shards per split; returns the new manifest rows."""
-    manifest_rows = []
-    for split in R.SPLITS:
-        buffer: list[tuple[dict, np.ndarray, np.ndarray]] = []
-        n_shard = 0
-
-        def flush():
-            nonlocal buffer, n_shard
-            if not buffer:
-                return
-            rel = f"shards/{split}/windows-b{build:03d}-{n_shard:04d}.parquet"
-            rows = [b[0] for b in buffer]
-            shard, audio = store.write_shard(release, rel, rows, np.stack([b[1] for b in buffer]),
-                                             np.stack([b[2] for b in buffer]))
-            shard_sum = files.sha256_file(files.join(release, shard))
-            audio_sum = files.sha256_file(files.join(release, audio))
-            for i, (row, _, _) in enumerate(buffer):
-                media = row.pop("_media")
-                manifest_rows.append({
-                    **{f.name: row[f.name] for f in R.IDENTITY_FIELDS}, "build": build, "shard_row": i,
-                    "shard_path": shard, "shard_sha256": shard_sum[0], "shard_size": shard_sum[1],
-                    "audio_block_path": audio, "audio_block_sha256": audio_sum[0], "audio_block_size": audio_sum[1],
-                    **{f"{role}_{k}": media[role][k] for role in ("video", "singing", "bgm")
-                       for k in ("path", "sha256", "size")},
-                    "qa_flags": row["qa_flags"],
-                })
-            buffer, n_shard = [], n_shard + 1
-
-        size = 0.0
-        for s in staged:
-            if s["staging"] is None:
-                continue
-            table = pq.read_table(io.BytesIO(files.read_bytes(files.join(release, s["staging"]))))
-            audio = store.read_audio_block(release, s["staging"].removesuffix(".parquet") + ".audio.npz")
-            for i, row in enumerate(table.to_pylist()):
-                if row["split"] != split:
-                    continue
-                row["_media"] = s["media"][row["window_id"]]
-                buffer.append((row, audio["singing"][i], audio["bgm"][i]))
-                size += (audio["singing"][i].nbytes * 2 + 260_000) / 2**20
-                if size >= target_mb:
-                    flush()
-                    size = 0.0
-        flush()
-    return manifest_rows
+    """Stream the staged windows (one session's staging file at a time) into shards per split;
+    returns the new manifest rows."""
+    writers = {split: ShardWriter(release, split, build, target_mb) for split in R.SPLITS}
+    for s in staged:
+        if s["staging"] is None:
+            continue
+        table = pq.read_table(io.BytesIO(files.read_bytes(files.join(release, s["staging"]))))
+        audio = store.read_audio_block(release, s["staging"].removesuffix(".parquet") + ".audio.npz")
+        for i, row in enumerate(table.to_pylist()):
+            row["_media"] = s["media"][row["window_id"]]
+            writers[row["split"]].add(row, audio["singing"][i], audio["bgm"][i])
+    for w in writers.values():
+        w.flush()
+    return [r for split in R.SPLITS for r in writers[split].manifest_rows]
 
 
 @flow(name="build-release", flow_run_name="release-{version}")
