@@ -198,6 +198,30 @@ def verify(release_dir: str = typer.Argument(..., help="Release folder or URL"))
     console.print(f"{release_dir}: {n} windows, every file matches the manifest")
 
 
+@app.command("export-singinghead")
+def export_singinghead(release_dir: str = typer.Argument(..., help="Release folder or URL"),
+                       out: Path = typer.Argument(..., help="Folder for the SingingHead layout")) -> None:
+    """Write a release in the public SingingHead layout (txt splits, video/flame/audio/bgm seqs)."""
+    from singinghead.tasks.interop import export_singinghead as export
+
+    result = export(release_dir, out)
+    console.print(f"{result['windows']} windows written to {result['out']} (SingingHead layout)")
+
+
+@app.command("import-singinghead")
+def import_singinghead(src: Path = typer.Argument(..., exists=True, file_okay=False, help="SingingHead layout folder"),
+                       out: str = typer.Argument(..., help="New release folder or URL"),
+                       version: str = typer.Option("imported", "--version")) -> None:
+    """Read the public SingingHead layout into release shards our trainer reads."""
+    from singinghead.tasks.interop import import_singinghead as do_import
+
+    result = do_import(src, out, version)
+    for p in result["problems"]:
+        console.print(f"[yellow]skipped:[/] {p}")
+    console.print(f"{result['windows']} windows imported into {result['release']} — "
+                  + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+
+
 def main() -> None:
     # Keep the console readable: Dask's per-worker chatter and Prefect's telemetry off by default.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -83,48 +82,10 @@ def stage_session(index_url: str, session_id: str, release: str, build: int, see
     return {"staging": staging if rows else None, "media": media, "windows": len(rows)}
 
 
-class ShardWriter:
-    """Collects one split's windows and writes a shard (Parquet + audio block) per target size."""
-
-    def __init__(self, release: str, split: str, build: int, target_mb: float):
-        self.release, self.split, self.build, self.target_mb = release, split, build, target_mb
-        self.buffer: list[tuple[dict, np.ndarray, np.ndarray]] = []
-        self.mb = 0.0
-        self.shards = 0
-        self.manifest_rows: list[dict] = []
-
-    def add(self, row: dict, singing: np.ndarray, bgm: np.ndarray) -> None:
-        self.buffer.append((row, singing, bgm))
-        self.mb += (singing.nbytes + bgm.nbytes + 260_000) / 2**20  # audio + ≈ the arrays of a window
-        if self.mb >= self.target_mb:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        rel = f"shards/{self.split}/windows-b{self.build:03d}-{self.shards:04d}.parquet"
-        rows = [b[0] for b in self.buffer]
-        shard, audio = store.write_shard(self.release, rel, rows, np.stack([b[1] for b in self.buffer]),
-                                         np.stack([b[2] for b in self.buffer]))
-        shard_sum = files.sha256_file(files.join(self.release, shard))
-        audio_sum = files.sha256_file(files.join(self.release, audio))
-        for i, row in enumerate(rows):
-            media = row["_media"]
-            self.manifest_rows.append({
-                **{f.name: row[f.name] for f in R.IDENTITY_FIELDS}, "build": self.build, "shard_row": i,
-                "shard_path": shard, "shard_sha256": shard_sum[0], "shard_size": shard_sum[1],
-                "audio_block_path": audio, "audio_block_sha256": audio_sum[0], "audio_block_size": audio_sum[1],
-                **{f"{role}_{k}": media[role][k] for role in ("video", "singing", "bgm")
-                   for k in ("path", "sha256", "size")},
-                "qa_flags": row["qa_flags"],
-            })
-        self.buffer, self.mb, self.shards = [], 0.0, self.shards + 1
-
-
 def _shard_windows(release: str, staged: list[dict], build: int, target_mb: float) -> list[dict]:
     """Stream the staged windows (one session's staging file at a time) into shards per split;
     returns the new manifest rows."""
-    writers = {split: ShardWriter(release, split, build, target_mb) for split in R.SPLITS}
+    writers = {split: store.ShardWriter(release, split, build, target_mb) for split in R.SPLITS}
     for s in staged:
         if s["staging"] is None:
             continue
@@ -170,7 +131,7 @@ def build_release(sources: list[str], out: str, version: str, seed: int = 0, spl
                                "sources": index_urls, "windows_added": len(new_rows)})
     info["counts"] = {s: sum(r["split"] == s for r in manifest) for s in R.SPLITS}
     files.write_json_atomic(info_url, info)
-    card = dataset_card(manifest, info)
+    card = store.dataset_card(manifest, info)
     files.write_bytes_atomic(files.join(out, "dataset_card.md"), card.encode())
     stat = stats.release_stats(out, manifest)
     report = qa.qa_report(out, manifest)
@@ -179,34 +140,6 @@ def build_release(sources: list[str], out: str, version: str, seed: int = 0, spl
                              markdown=card + f"\n\nQA report: {report['html']}\n", description=f"release {version}")
     return {"release": out, "version": version, "windows": len(manifest), "new_windows": len(new_rows),
             "counts": info["counts"], "stats": stat, "qa": report}
-
-
-def dataset_card(manifest: list[dict], info: dict) -> str:
-    hours = len(manifest) * R.WINDOW_FRAMES / 30 / 3600
-
-    def table(title: str, key: str) -> str:
-        groups: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(R.SPLITS, 0))
-        for r in manifest:
-            groups[r[key]][r["split"]] += 1
-        lines = [f"### {title}", "", "| " + title.lower() + " | " + " | ".join(R.SPLITS) + " | hours |",
-                 "|---|" + "---|" * (len(R.SPLITS) + 1)]
-        for name, c in sorted(groups.items()):
-            lines.append(f"| {name} | " + " | ".join(str(c[s]) for s in R.SPLITS)
-                         + f" | {sum(c.values()) * 8 / 3600:.3f} |")
-        return "\n".join(lines) + "\n"
-
-    schema = "\n".join(f"| `{f.name}` | `{f.type}` | {R.WINDOW_ARRAYS.get(f.name, '')} |" for f in R.WINDOW_SCHEMA)
-    return (f"# SingingHead-format release `{info.get('version')}`\n\n"
-            f"{len(manifest)} windows of 8 s (240 frames at 30 fps, 16 kHz audio) = {hours:.3f} h; "
-            f"splits {info['counts']} (ratios {info['ratios']}, seed {info['seed']}, by {info['split_by']}); "
-            f"{len({r['subject_id'] for r in manifest})} subjects, {len({r['session_id'] for r in manifest})} "
-            f"sessions; {len(info['builds'])} builds.\n\n"
-            + table("Category", "song_category") + "\n" + table("Subject", "subject_id") + "\n"
-            + table("Language", "song_language") + "\n"
-            + "## Shard schema (`shards/<split>/*.parquet`; audio in the `.audio.npz` beside each shard)\n\n"
-            + "| field | type | per-window shape |\n|---|---|---|\n" + schema + "\n\n"
-            + "`manifest.parquet` lists each window's split and the path, size and SHA-256 of every file it "
-              "uses; `singinghead verify` re-checks them.\n")
 
 
 def run_build_release(sources: list[str], out: str | Path, version: str, seed: int = 0, split_by: str = "window",

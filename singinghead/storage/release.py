@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
@@ -71,7 +72,8 @@ def arrays(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:
     out = {}
     for name in names:
         col = table.column(name).combine_chunks()
-        out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(table), *R.WINDOW_ARRAYS[name])
+        flat = np.require(col.flatten().to_numpy(zero_copy_only=False), requirements="W")  # torch wants writable
+        out[name] = flat.reshape(len(table), *R.WINDOW_ARRAYS[name])
     return out
 
 
@@ -115,3 +117,69 @@ def iter_shards(release: str, split: str) -> Iterator[str]:
     manifest = read_manifest(release)
     rows = manifest.filter(pc.equal(manifest.column("split"), split)).column("shard_path").to_pylist()
     yield from sorted(set(rows))
+
+
+class ShardWriter:
+    """Collects one split's windows and writes a shard (Parquet + audio block) per target size."""
+
+    def __init__(self, release: str, split: str, build: int, target_mb: float):
+        self.release, self.split, self.build, self.target_mb = release, split, build, target_mb
+        self.buffer: list[tuple[dict, np.ndarray, np.ndarray]] = []
+        self.mb = 0.0
+        self.shards = 0
+        self.manifest_rows: list[dict] = []
+
+    def add(self, row: dict, singing: np.ndarray, bgm: np.ndarray) -> None:
+        self.buffer.append((row, singing, bgm))
+        self.mb += (singing.nbytes + bgm.nbytes + 260_000) / 2**20  # audio + ≈ the arrays of a window
+        if self.mb >= self.target_mb:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        rel = f"shards/{self.split}/windows-b{self.build:03d}-{self.shards:04d}.parquet"
+        rows = [b[0] for b in self.buffer]
+        shard, audio = write_shard(self.release, rel, rows, np.stack([b[1] for b in self.buffer]),
+                                         np.stack([b[2] for b in self.buffer]))
+        shard_sum = files.sha256_file(files.join(self.release, shard))
+        audio_sum = files.sha256_file(files.join(self.release, audio))
+        for i, row in enumerate(rows):
+            media = row["_media"]
+            self.manifest_rows.append({
+                **{f.name: row[f.name] for f in R.IDENTITY_FIELDS}, "build": self.build, "shard_row": i,
+                "shard_path": shard, "shard_sha256": shard_sum[0], "shard_size": shard_sum[1],
+                "audio_block_path": audio, "audio_block_sha256": audio_sum[0], "audio_block_size": audio_sum[1],
+                **{f"{role}_{k}": media[role][k] for role in ("video", "singing", "bgm")
+                   for k in ("path", "sha256", "size")},
+                "qa_flags": row["qa_flags"],
+            })
+        self.buffer, self.mb, self.shards = [], 0.0, self.shards + 1
+
+
+def dataset_card(manifest: list[dict], info: dict) -> str:
+    hours = len(manifest) * R.WINDOW_FRAMES / 30 / 3600
+
+    def table(title: str, key: str) -> str:
+        groups: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(R.SPLITS, 0))
+        for r in manifest:
+            groups[r[key]][r["split"]] += 1
+        lines = [f"### {title}", "", "| " + title.lower() + " | " + " | ".join(R.SPLITS) + " | hours |",
+                 "|---|" + "---|" * (len(R.SPLITS) + 1)]
+        for name, c in sorted(groups.items()):
+            lines.append(f"| {name} | " + " | ".join(str(c[s]) for s in R.SPLITS)
+                         + f" | {sum(c.values()) * 8 / 3600:.3f} |")
+        return "\n".join(lines) + "\n"
+
+    schema = "\n".join(f"| `{f.name}` | `{f.type}` | {R.WINDOW_ARRAYS.get(f.name, '')} |" for f in R.WINDOW_SCHEMA)
+    return (f"# SingingHead-format release `{info.get('version')}`\n\n"
+            f"{len(manifest)} windows of 8 s (240 frames at 30 fps, 16 kHz audio) = {hours:.3f} h; "
+            f"splits {info['counts']} (ratios {info['ratios']}, seed {info['seed']}, by {info['split_by']}); "
+            f"{len({r['subject_id'] for r in manifest})} subjects, {len({r['session_id'] for r in manifest})} "
+            f"sessions; {len(info['builds'])} builds.\n\n"
+            + table("Category", "song_category") + "\n" + table("Subject", "subject_id") + "\n"
+            + table("Language", "song_language") + "\n"
+            + "## Shard schema (`shards/<split>/*.parquet`; audio in the `.audio.npz` beside each shard)\n\n"
+            + "| field | type | per-window shape |\n|---|---|---|\n" + schema + "\n\n"
+            + "`manifest.parquet` lists each window's split and the path, size and SHA-256 of every file it "
+              "uses; `singinghead verify` re-checks them.\n")
