@@ -140,7 +140,7 @@ def demo(
     seed: int = typer.Option(0),
     dask_address: str | None = typer.Option(None, "--dask-address"),
 ) -> None:
-    """Sample session → process_session → summary of what was produced and where."""
+    """Sample session → process_session → release, with a summary of what was produced and where."""
     from singinghead.flows.process_session import run_process_session
     from singinghead.samples.session import GENERATOR_VERSION, TAKES, build_sample_session
 
@@ -157,6 +157,11 @@ def demo(
     with console.status("processing the sample session (Prefect flow on a Dask cluster)"):
         summary = run_process_session(session, out / "processed", dask_address=dask_address)
     _print_summary(summary)
+    from singinghead.flows.build_release import run_build_release
+
+    with console.status("building the demo release"):
+        result = run_build_release([str(out / "processed")], out / "release", "demo")
+    _print_release(result)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from singinghead.flows.process_session import INDEX_NAME
 from singinghead.flows.runtime import prefect_api
 from singinghead.schemas import release as R
-from singinghead.schemas.errors import ManifestError
+from singinghead.schemas.errors import ReleaseError
 from singinghead.storage import files
 from singinghead.storage import release as store
 from singinghead.tasks import qa, stats, windows
@@ -44,7 +44,7 @@ def find_sessions(sources: list[str]) -> list[str]:
         fs, path = files.url_to_fs(files.join(src, "sessions"))
         hits = sorted(fs.glob(f"{path}/*/{INDEX_NAME}")) if fs.exists(path) else []
         if not hits:
-            raise ManifestError(f"{src}: no processed session ({INDEX_NAME}) here or under sessions/")
+            raise ReleaseError(src, f"no processed session ({INDEX_NAME}) here or under sessions/")
         found += [files.join(src, "sessions", Path(h).parent.name, INDEX_NAME) for h in hits]
     return found
 
@@ -107,7 +107,7 @@ def build_release(sources: list[str], out: str, version: str, seed: int = 0, spl
     info = files.read_json(info_url) if files.exists(info_url) else \
         {"seed": seed, "split_by": split_by, "ratios": list(R.SPLIT_RATIOS), "builds": []}
     if (info["seed"], info["split_by"]) != (seed, split_by):
-        raise ManifestError(f"{info_url}: this release splits with seed {info['seed']} by {info['split_by']}; "
+        raise ReleaseError(info_url, f"this release splits with seed {info['seed']} by {info['split_by']}; "
                             f"a build with seed {seed} by {split_by} would move released windows")
     existing = store.read_manifest(out).to_pylist() if files.exists(files.join(out, store.MANIFEST)) else []
     known = sorted(r["window_id"] for r in existing)

@@ -30,3 +30,12 @@ class ManifestError(SingingHeadError):
 
 class AssetError(SingingHeadError):
     """A model asset (FLAME, wav2vec 2.0, separation weights...) is missing or invalid."""
+
+
+class ReleaseError(SingingHeadError):
+    """A release folder (or a request to build one) is inconsistent."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from singinghead.schemas import release as R
-from singinghead.schemas.errors import ManifestError
+from singinghead.schemas.errors import ReleaseError
 from singinghead.storage import files
 
 MANIFEST = "manifest.parquet"
@@ -48,10 +48,10 @@ def write_shard(release: str, rel_path: str, rows: list[dict], singing: np.ndarr
 def read_manifest(release: str) -> pa.Table:
     url = files.join(release, MANIFEST)
     if not files.exists(url):
-        raise ManifestError(f"{url}: not a release (no {MANIFEST})")
+        raise ReleaseError(url, f"not a release (no {MANIFEST})")
     table = pq.read_table(io.BytesIO(files.read_bytes(url)))
     if table.schema.remove_metadata() != R.MANIFEST_SCHEMA:
-        raise ManifestError(f"{url}: manifest schema differs from this version's MANIFEST_SCHEMA")
+        raise ReleaseError(url, "manifest schema differs from this version's MANIFEST_SCHEMA")
     return table
 
 

@@ -1,0 +1,207 @@
+"""Release builder, verify, SingingHead layout round trip and the shard reader, on the processed sample."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+from singinghead.schemas import release as R
+from singinghead.storage import release as store
+from singinghead.tasks import flame_fit, interop
+from singinghead.tasks.windows import assign_split
+from singinghead.trainer.data import ReleaseWindows
+
+
+def _second_session(processed: Path, tmp: Path) -> Path:
+    """A second processed session (another id over the same artifacts): what a new capture adds."""
+    index = json.loads((processed / "sessions/sample000/processed.json").read_text())
+    index["session_id"] = "sample001"
+    folder = tmp / "sessions/sample001"
+    folder.mkdir(parents=True)
+    (folder / "processed.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def releases(processed_sample, prefect_harness, tmp_path_factory):
+    from singinghead.flows.build_release import run_build_release
+
+    tmp = tmp_path_factory.mktemp("releases")
+    processed = Path(processed_sample["out"])
+    second = _second_session(processed, tmp)
+    first = run_build_release([str(processed)], tmp / "rel", "v1", shard_mb=1.0)
+    before = {p.relative_to(tmp / "rel"): p.read_bytes() for p in (tmp / "rel").rglob("*")
+              if p.is_file() and p.parts[-3] in ("shards", "media") or p.parent.name == "media"}
+    added = run_build_release([str(processed), str(second)], tmp / "rel", "v2", shard_mb=1.0)
+    again = run_build_release([str(processed / "sessions/sample000")], tmp / "rebuild", "v1", shard_mb=1.0)
+    return {"tmp": tmp, "rel": tmp / "rel", "first": first, "added": added, "rebuild": tmp / "rebuild",
+            "again": again, "before": before, "processed": processed}
+
+
+def _expected_windows(processed: Path) -> int:
+    index = json.loads((processed / "sessions/sample000/processed.json").read_text())
+    return sum(pq.read_metadata(seg["motion"]).num_rows // R.WINDOW_FRAMES
+               for take in index["takes"].values() for seg in take["segments"])
+
+
+def test_window_counts_and_files(releases):
+    expected = _expected_windows(releases["processed"])
+    assert expected >= 2
+    assert releases["first"]["windows"] == expected and releases["first"]["new_windows"] == expected
+    assert releases["added"]["windows"] == 2 * expected and releases["added"]["new_windows"] == expected
+    manifest = store.read_manifest(str(releases["rel"])).to_pylist()
+    assert len({r["window_id"] for r in manifest}) == len(manifest)
+    for r in manifest:
+        for role in R.FILE_ROLES:
+            assert (releases["rel"] / r[f"{role}_path"]).stat().st_size == r[f"{role}_size"]
+        with sf.SoundFile(releases["rel"] / r["singing_path"]) as f:
+            assert (f.samplerate, f.frames) == (16000, R.WINDOW_SAMPLES)
+    card = (releases["rel"] / "dataset_card.md").read_text()
+    assert f"{2 * expected} windows" in card and "folk" in card and "astronaut000" in card
+    for plot in releases["added"]["stats"]["plots"]:
+        assert (releases["rel"] / plot).read_bytes()[:4] == b"\x89PNG"
+    assert (releases["rel"] / "qa/index.html").read_text().count("<tr class=") == 2 * expected
+
+
+def test_window_motion_is_the_segment_motion(releases):
+    """A window's arrays are exactly frames [240k, 240k + 240) of its segment's motion table."""
+    index = json.loads((releases["processed"] / "sessions/sample000/processed.json").read_text())
+    manifest = store.read_manifest(str(releases["rel"])).to_pylist()
+    r = next(r for r in manifest if r["session_id"] == "sample000")
+    seg = next(s for s in index["takes"][r["take_id"]]["segments"] if s["segment_index"] == r["segment_index"])
+    table, shape = flame_fit.read_motion(seg["motion"])
+    a = r["start_frame"]
+    shard = pq.read_table(releases["rel"] / r["shard_path"])
+    arrays = store.arrays(shard, ["motion", "shape"])
+    np.testing.assert_array_equal(arrays["motion"][r["shard_row"]],
+                                  np.asarray(table.column("motion").to_pylist()[a:a + 240], dtype=np.float32))
+    np.testing.assert_allclose(arrays["shape"][r["shard_row"]], shape, rtol=1e-6)
+    singing, _ = sf.read(seg["singing"], dtype="float32")
+    window, _ = sf.read(releases["rel"] / r["singing_path"], dtype="float32")
+    np.testing.assert_array_equal(window, singing[a * 16000 // 30: a * 16000 // 30 + R.WINDOW_SAMPLES])
+
+
+def test_splits_are_deterministic_and_proportional(releases):
+    ids = [f"w{i}" for i in range(20000)]
+    counts = Counter(assign_split(i, seed=0) for i in ids)
+    for split, ratio in zip(R.SPLITS, R.SPLIT_RATIOS, strict=True):
+        assert counts[split] / len(ids) == pytest.approx(ratio, abs=0.01)
+    assert [assign_split(i, 0) for i in ids[:50]] == [assign_split(i, 0) for i in ids[:50]]
+    assert [assign_split(i, 0) for i in ids[:50]] != [assign_split(i, 1) for i in ids[:50]]
+    rebuilt = {r["window_id"]: r["split"] for r in store.read_manifest(str(releases["rebuild"])).to_pylist()}
+    original = {r["window_id"]: r["split"] for r in store.read_manifest(str(releases["rel"])).to_pylist()}
+    assert rebuilt and all(original[w] == s for w, s in rebuilt.items())
+
+
+def test_incremental_add_rewrites_nothing(releases):
+    for rel, data in releases["before"].items():
+        assert (releases["rel"] / rel).read_bytes() == data, rel
+    info = json.loads((releases["rel"] / "release.json").read_text())
+    assert [b["windows_added"] for b in info["builds"]] == [releases["first"]["windows"]] * 2
+    assert info["version"] == "v2"
+
+
+def test_a_different_seed_is_refused(releases, prefect_harness):
+    from singinghead.flows.build_release import run_build_release
+    from singinghead.schemas.errors import ReleaseError
+
+    with pytest.raises(ReleaseError, match="would move released windows"):
+        run_build_release([str(releases["processed"])], releases["rel"], "v3", seed=7)
+
+
+def test_verify_names_a_corrupted_shard(releases, tmp_path):
+    assert store.verify_release(str(releases["rel"])) == []
+    broken = tmp_path / "broken"
+    shutil.copytree(releases["rel"], broken)
+    shard = sorted((broken / "shards").rglob("*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    (broken / "media").joinpath(next(iter(sorted(p.name for p in (broken / "media").glob("*.wav"))))).unlink()
+    problems = store.verify_release(str(broken))
+    rel_shard = str(shard.relative_to(broken))
+    assert any(p.startswith(rel_shard) and "checksum" in p for p in problems), problems
+    assert any("missing" in p and p.startswith("media/") for p in problems)
+
+
+def test_export_import_round_trip(releases, tmp_path):
+    out = tmp_path / "layout"
+    interop.export_singinghead(str(releases["rel"]), out)
+    manifest = store.read_manifest(str(releases["rel"])).to_pylist()
+    names = interop.layout_names(manifest)
+    assert all(interop.NAME.match(n) for n in names.values())
+    listed = sum(len((out / f"{s}.txt").read_text().split()) for s in R.SPLITS)
+    assert listed == len(manifest)
+    imported = tmp_path / "imported"
+    result = interop.import_singinghead(out, str(imported))
+    assert result["windows"] == len(manifest) and result["problems"] == []
+    assert store.verify_release(str(imported)) == []
+    back = {r["window_id"]: r for r in store.read_manifest(str(imported)).to_pylist()}
+    for r in manifest:
+        b = back[names[r["window_id"]]]
+        assert b["split"] == r["split"]
+        ours = store.arrays(pq.read_table(releases["rel"] / r["shard_path"]), ["motion", "shape", "bgm_mfcc"])
+        theirs = store.arrays(pq.read_table(imported / b["shard_path"]), ["motion", "shape", "bgm_mfcc"])
+        for k in ("motion", "shape"):
+            np.testing.assert_array_equal(ours[k][r["shard_row"]], theirs[k][b["shard_row"]])
+        np.testing.assert_allclose(ours["bgm_mfcc"][r["shard_row"]], theirs["bgm_mfcc"][b["shard_row"]], atol=1e-3)
+        for role in ("singing", "bgm"):
+            x, _ = sf.read(releases["rel"] / r[f"{role}_path"], dtype="float32")
+            y, _ = sf.read(imported / b[f"{role}_path"], dtype="float32")
+            np.testing.assert_array_equal(x, y)
+
+
+def test_import_reports_bad_items_and_keeps_the_rest(releases, tmp_path):
+    out = tmp_path / "layout"
+    interop.export_singinghead(str(releases["rel"]), out)
+    names = sorted(p.stem for p in (out / "flame_seqs").glob("*.pkl"))
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (out / "flame_seqs" / f"{names[0]}.pkl").write_bytes(pickle.dumps(Exploit()))
+    (out / "audio_seqs" / f"{names[1]}.wav").unlink()
+    result = interop.import_singinghead(out, str(tmp_path / "imported"))
+    assert result["windows"] == len(names) - 2
+    assert any(f"{names[0]}.pkl" in p for p in result["problems"])
+    assert any(f"{names[1]}.wav" in p and "missing" in p for p in result["problems"])
+
+
+def test_reader_batches_without_duplicates(releases):
+    manifest = store.read_manifest(str(releases["rel"])).to_pylist()
+    seen = []
+    for split in R.SPLITS:
+        ds = ReleaseWindows(str(releases["rel"]), split, audio=True, shuffle=True, shuffle_buffer=3)
+        assert len(ds) == sum(r["split"] == split for r in manifest)
+        if not len(ds):
+            continue
+        for batch in DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="spawn"):
+            n = len(batch["window_id"])
+            assert batch["motion"].shape == (n, 240, 59) and batch["motion"].dtype == torch.float32
+            assert batch["shape"].shape == (n, 100) and batch["bgm_mfcc"].shape == (n, 240, 64)
+            assert batch["singing"].shape == (n, R.WINDOW_SAMPLES)
+            seen += batch["window_id"]
+    assert sorted(seen) == sorted(r["window_id"] for r in manifest)  # every window once across workers
+
+
+def test_reader_decodes_video_and_shards_by_rank(releases):
+    manifest = store.read_manifest(str(releases["rel"])).to_pylist()
+    split = Counter(r["split"] for r in manifest).most_common(1)[0][0]
+    ranks = [sorted(s["window_id"] for s in ReleaseWindows(str(releases["rel"]), split, rank=k, world_size=2))
+             for k in range(2)]
+    assert not set(ranks[0]) & set(ranks[1])
+    assert sorted(ranks[0] + ranks[1]) == sorted(r["window_id"] for r in manifest if r["split"] == split)
+    sample = next(iter(ReleaseWindows(str(releases["rel"]), split, video_size=64)))
+    assert sample["video"].shape == (240, 64, 64, 3) and sample["video"].dtype == torch.uint8
+    assert sample["video"].float().std() > 10  # a real picture, not a blank
