@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from collections import defaultdict
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from singinghead.schemas import release as R
@@ -67,6 +66,35 @@ def read_audio_block(release: str, rel_path: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def audio_rows(release: str, rel_path: str, key: str, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of one array of an audio block. On a local disk the array is memory-
+    mapped inside the (uncompressed) NPZ, so only those rows are read; remote blocks are fetched."""
+    url = files.join(release, rel_path)
+    if not files.is_local(url):
+        return read_audio_block(release, rel_path)[key][start:stop]
+    _, path = files.url_to_fs(url)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            with zf.open(info) as fh:
+                return np.load(fh)[start:stop]
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)  # ZIP local file header: name and extra-field lengths at bytes 26–29
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in header:
+            return read_audio_block(release, rel_path)[key][start:stop]
+        shape, fortran, dtype = header[version](fh)
+        offset = fh.tell()
+    if fortran:
+        raise ReleaseError(url, f"{key} is stored in Fortran order")
+    block = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return np.array(block[start:stop])
+
+
 def arrays(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:
     """Per-window arrays of a shard table (or row group) as numpy, shaped per WINDOW_ARRAYS."""
     out = {}
@@ -110,13 +138,6 @@ def verify_release(release: str) -> list[str]:
             if r["shard_path"] == shard and (r["shard_row"] >= len(ids) or ids[r["shard_row"]] != r["window_id"]):
                 problems.append(f"{shard}: row {r['shard_row']} is not window {r['window_id']}")
     return sorted(set(problems))
-
-
-def iter_shards(release: str, split: str) -> Iterator[str]:
-    """Release-relative paths of a split's shards, in build order."""
-    manifest = read_manifest(release)
-    rows = manifest.filter(pc.equal(manifest.column("split"), split)).column("shard_path").to_pylist()
-    yield from sorted(set(rows))
 
 
 class ShardWriter:

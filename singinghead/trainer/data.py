@@ -3,8 +3,9 @@
 The unit of work is a Parquet row group (32 windows): units are shuffled per epoch (seeded) and
 dealt round-robin to (distributed rank × DataLoader worker), so every window is read exactly
 once per epoch whatever the worker count. Within a worker an optional shuffle buffer mixes
-windows across row groups. Audio comes from the shard's NPZ block (loaded once per shard per
-worker), video is decoded from the window MP4 only when asked for.
+windows across row groups. Audio (`audio=("singing",)`, `("singing", "bgm")` or True for both)
+comes from the shard's NPZ block, memory-mapped so only the row group's rows are read; video is
+decoded from the window MP4 only when asked for (`video_size`).
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ def _open(url: str):
 
 class ReleaseWindows(IterableDataset):
     def __init__(self, release: str, split: str = "train", fields: tuple[str, ...] = DEFAULT_FIELDS,
-                 audio: bool = False, video_size: int | None = None, shuffle: bool = False,
+                 audio: tuple[str, ...] | bool = (), video_size: int | None = None, shuffle: bool = False,
                  shuffle_buffer: int = 256, seed: int = 0, rank: int = 0, world_size: int = 1):
         super().__init__()
         unknown = set(fields) - set(R.WINDOW_ARRAYS)
         if unknown:
             raise ValueError(f"unknown window fields {sorted(unknown)}; known: {sorted(R.WINDOW_ARRAYS)}")
         self.release, self.split, self.fields = str(release), split, tuple(fields)
-        self.audio, self.video_size = audio, video_size
+        self.audio = ("singing", "bgm") if audio is True else tuple(audio or ())
+        self.video_size = video_size
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -68,7 +70,6 @@ class ReleaseWindows(IterableDataset):
         return units[self.rank * n_workers + worker:: self.world_size * n_workers]
 
     def _windows(self) -> Iterator[dict]:
-        audio_cache: tuple[str, dict] | None = None
         columns = ["window_id", *self.fields]
         for shard, group in self._my_units():
             with _open(files.join(self.release, shard)) as fh:
@@ -77,14 +78,13 @@ class ReleaseWindows(IterableDataset):
                 first = sum(pf.metadata.row_group(g).num_rows for g in range(group))
             arrays = store.arrays(table, list(self.fields))
             ids = table.column("window_id").to_pylist()
-            if self.audio and (audio_cache is None or audio_cache[0] != shard):
+            audio = {}
+            if self.audio:
                 block = shard.removesuffix(".parquet") + ".audio.npz"
-                audio_cache = (shard, store.read_audio_block(self.release, block))
+                audio = {k: store.audio_rows(self.release, block, k, first, first + len(table)) for k in self.audio}
             for i, wid in enumerate(ids):
                 sample = {"window_id": wid, **{k: torch.from_numpy(v[i]) for k, v in arrays.items()}}
-                if self.audio:
-                    sample["singing"] = torch.from_numpy(audio_cache[1]["singing"][first + i])
-                    sample["bgm"] = torch.from_numpy(audio_cache[1]["bgm"][first + i])
+                sample.update({k: torch.from_numpy(v[i]) for k, v in audio.items()})
                 if self.video_size:
                     sample["video"] = torch.from_numpy(self.decode_video(wid))
                 yield sample
