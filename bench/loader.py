@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import pickle
 import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,47 +21,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 from results_io import publish  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from singinghead.features.audio import bgm_mfcc_per_frame  # noqa: E402
+from singinghead.samples.layout import write_singinghead_layout  # noqa: E402
 from singinghead.schemas import release as R  # noqa: E402
-from singinghead.storage.assets import ffmpeg_exe  # noqa: E402
 from singinghead.tasks.interop import import_singinghead  # noqa: E402
 from singinghead.trainer.data import ReleaseWindows  # noqa: E402
 
 WINDOWS = 256
 BATCH = 16
 WORKERS = 2
-
-
-def make_layout(folder: Path, n: int) -> None:
-    rng = np.random.default_rng(0)
-    for sub in ("video_seqs", "flame_seqs", "audio_seqs", "bgm_seqs"):
-        (folder / sub).mkdir(parents=True)
-    clip = folder / "clip.mp4"
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=128x128:rate=30",
-                    "-frames:v", "240", "-pix_fmt", "yuv420p", str(clip)], check=True)
-    t = np.arange(R.WINDOW_SAMPLES) / R.SAMPLE_RATE
-    names = []
-    for i in range(n):
-        name = f"id{i % 8}_{i // 8}_0_0"
-        names.append(name)
-        with open(folder / "flame_seqs" / f"{name}.pkl", "wb") as fh:
-            pickle.dump({"flame": rng.normal(0, 0.1, (240, 59)).astype(np.float32),
-                         "shape": rng.normal(0, 1, 100).astype(np.float32)}, fh)
-        voice = 0.3 * np.sin(2 * np.pi * (220 + 5 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
-        music = 0.2 * rng.normal(0, 1, len(t)) * (np.sin(2 * np.pi * 2 * t) > 0)
-        sf.write(folder / "audio_seqs" / f"{name}.wav", voice.astype(np.float32), R.SAMPLE_RATE, subtype="FLOAT")
-        sf.write(folder / "bgm_seqs" / f"{name}_bgm.wav", music.astype(np.float32), R.SAMPLE_RATE, subtype="FLOAT")
-        shutil.copyfile(clip, folder / "video_seqs" / f"{name}.mp4")
-    clip.unlink()
-    (folder / "train.txt").write_text("".join(f"{n}\n" for n in names))
-    (folder / "val.txt").write_text("")
-    (folder / "test.txt").write_text("")
 
 
 class LayoutWindows(Dataset):
@@ -106,7 +77,7 @@ def throughput(dataset, shuffle: bool | None, epochs: int = 2) -> float:
 def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         layout, release = Path(tmp) / "layout", Path(tmp) / "release"
-        make_layout(layout, WINDOWS)
+        write_singinghead_layout(layout, WINDOWS, subjects=8)
         t0 = time.perf_counter()
         imported = import_singinghead(layout, str(release), "bench")
         import_s = time.perf_counter() - t0

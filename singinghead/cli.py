@@ -163,6 +163,18 @@ def demo(
         result = run_build_release([str(out / "processed")], out / "release", "demo")
     _print_release(result)
 
+    from singinghead.trainer.evaluate import evaluate, split_with_windows, table_markdown
+    from singinghead.trainer.train import TrainConfig, train
+
+    cfg = TrainConfig.load(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
+                           data=str(out / "release"), out=str(out / "run"))
+    console.print(f"training UniSinger on the demo release ({cfg.max_steps} steps, small model, CPU)")
+    trained = train(cfg)
+    split = split_with_windows(str(out / "release"))
+    note = "" if split == "test" else f" (the demo release has no test windows: evaluated on {split})"
+    rows = evaluate(trained["checkpoint"], str(out / "release"), split, (1, 10))
+    console.print(table_markdown(rows, f"UniSinger after {trained['steps']} steps{note}"))
+
 
 @app.command()
 def release(
@@ -225,6 +237,37 @@ def import_singinghead(src: Path = typer.Argument(..., exists=True, file_okay=Fa
         console.print(f"[yellow]skipped:[/] {p}")
     console.print(f"{result['windows']} windows imported into {result['release']} — "
                   + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+
+
+@app.command("train")
+def train_cmd(
+    data: str = typer.Option(..., "--data", help="Release folder"),
+    config: Path | None = typer.Option(None, "--config", help="YAML training config (see configs/)"),
+    out: str | None = typer.Option(None, "--out", help="Run folder (resumes when it has a checkpoint)"),
+    variant: str | None = typer.Option(None, help="unisinger | faceformer"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+) -> None:
+    """Train UniSinger's 3D module (or the FaceFormer-style baseline) on a release."""
+    from singinghead.trainer.train import TrainConfig, train
+
+    cfg = TrainConfig.load(config, data=data, out=out, variant=variant, max_steps=max_steps)
+    result = train(cfg)
+    console.print(f"{result['steps']} steps; checkpoint {result['checkpoint']}; log {result['log']}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Path = typer.Argument(..., exists=True, dir_okay=False),
+    data: str = typer.Option(..., "--data", help="Release folder"),
+    split: str = typer.Option("test"),
+    samples: str = typer.Option("1,10,30", help="Sample counts n (Mean and Min over n)"),
+    max_windows: int | None = typer.Option(None, "--max-windows"),
+) -> None:
+    """Journal Table II metrics (+ MinDist/MeanDist/APD) of a checkpoint on a release split."""
+    from singinghead.trainer.evaluate import evaluate, table_markdown
+
+    rows = evaluate(checkpoint, data, split, tuple(int(s) for s in samples.split(",")), max_windows=max_windows)
+    console.print(table_markdown(rows, f"{checkpoint} on {split}"))
 
 
 def main() -> None:

@@ -90,3 +90,15 @@ def test_jaw_opens_the_mouth_and_landmarks_sit_on_a_face(model):
     assert eyes > nose > mouth > chin
     np.testing.assert_allclose(p[36:42, 0].mean(), -p[42:48, 0].mean(), atol=1e-3)  # left/right symmetric
     assert (p[:, 2] > 0.02).all()  # all on the front of the head
+
+
+def test_vertex_subset_equals_full_mesh(model):
+    layer = FlameLayer(model, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    shape, expr = torch.randn(2, 100, generator=g, dtype=torch.float64), torch.randn(2, 50, generator=g,
+                                                                                      dtype=torch.float64)
+    glob, neck, jaw = (0.2 * torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    full = layer(shape, expr, glob, neck, jaw)[0]
+    subset = torch.as_tensor(model.masks["lips"])
+    part = layer.vertices(shape, expr, glob, neck, jaw, subset)
+    assert (part - full[:, subset]).abs().max() < 1e-9

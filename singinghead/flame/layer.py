@@ -76,6 +76,36 @@ class FlameLayer(nn.Module):
                                  self.lmk_bary.repeat(b, 1, 1))
         return verts, lmk
 
+    def vertices(self, shape, expression, global_orient, neck, jaw, subset: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """(B, V or len(subset), 3) posed vertices, skinning only `subset` (e.g. a FLAME mask) when
+        given: the joints come from the precomputed regressor products, as in `landmarks`."""
+        if subset is None:
+            return self(shape, expression, global_orient, neck, jaw)[0]
+        b = expression.shape[0]
+        betas = torch.cat([shape, expression], dim=1)
+        v = self.v_template[subset] + torch.einsum("vck,bk->bvc", self.shapedirs[subset], betas)
+        joints = torch.addmm(self.j_template.flatten(), betas, self.j_dirs).view(b, -1, 3)
+        rot = roma.rotvec_to_rotmat(self.pose(global_orient, neck, jaw).view(b, -1, 3))
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        n_v = self.v_template.shape[0]
+        posedirs = self.posedirs.view(-1, n_v, 3)[:, subset].reshape(self.posedirs.shape[0], -1)
+        v = v + ((rot[:, 1:] - eye).reshape(b, -1) @ posedirs).view(b, -1, 3)
+        rot_w, trans_w = [], []
+        for j in range(rot.shape[1]):
+            p = int(self.parents[j])
+            if p < 0:
+                rot_w.append(rot[:, j])
+                trans_w.append(joints[:, j])
+            else:
+                rot_w.append(rot_w[p] @ rot[:, j])
+                trans_w.append(trans_w[p] + (rot_w[p] @ (joints[:, j] - joints[:, p])[..., None])[..., 0])
+        r = torch.stack(rot_w, 1)  # (B, 5, 3, 3)
+        t = torch.stack(trans_w, 1) - (r @ joints[..., None])[..., 0]
+        w = self.weights[subset]  # (S, 5)
+        rot_v = torch.einsum("sj,bjmn->bsmn", w, r)
+        return (rot_v @ v[..., None])[..., 0] + torch.einsum("sj,bjm->bsm", w, t)
+
     def fold_shape(self, shape: torch.Tensor | None) -> None:
         """Fix the subject's shape (1, n_shape): its offsets join the landmark path's template."""
         if shape is None:

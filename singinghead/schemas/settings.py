@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     dask_threads_per_worker: int = 1
     #: FLAME 2020/2023 `generic_model.pkl` folder (with landmark embedding and FLAME_masks.pkl).
     flame_dir: Path | None = None
+    #: A wav2vec 2.0 checkpoint folder in transformers' format (config.json + weights), e.g.
+    #: facebook/wav2vec2-base-960h downloaded beforehand; the trainer never downloads.
+    wav2vec2_dir: Path | None = None
     #: Vocal removal backend: builtin (no weights), demucs (local model folder) or spleeter.
     separation_backend: str = "builtin"
     #: Folder with demucs models in demucs' own format (`<sig>.th`, optional `<name>.yaml` bags).

@@ -1,0 +1,101 @@
+"""`singinghead evaluate`: the journal's Table II (and the conference's MinDist/MeanDist/APD) for a
+checkpoint on a release split, for n = 1, 10, 30 samples per window."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from singinghead.flame.layer import FlameLayer
+from singinghead.flame.model import load_flame
+from singinghead.schemas import motion as layout
+from singinghead.storage import release as store
+from singinghead.trainer.data import ReleaseWindows
+from singinghead.trainer.losses import posed_vertices
+from singinghead.trainer.metrics import beat, motion
+from singinghead.trainer.train import load_for_inference, resolve_assets
+
+COLUMNS = ["n", "LVE mean", "LVE min", "FVE mean", "FVE min", "FDD", "PPE", "BA", "Diversity", "MinDist",
+           "MeanDist", "APD", "FPS"]
+
+
+def evaluate(checkpoint: str | Path, data: str, split: str = "test", samples: tuple[int, ...] = (1, 10, 30),
+             seed: int = 0, max_windows: int | None = None) -> list[dict]:
+    model, cfg, run = load_for_inference(checkpoint)
+    flame_dir, _ = resolve_assets(run)
+    fm = load_flame(flame_dir)
+    layer = FlameLayer(fm)
+    masks = {k: torch.as_tensor(v) for k, v in fm.masks.items()}
+    upper = torch.unique(torch.cat([masks["forehead"], masks["eye_region"]]))
+    ds = ReleaseWindows(data, split, fields=("motion", "shape", "bgm_mfcc"), audio=("singing",))
+    if len(ds) == 0:
+        raise ValueError(f"{data}: the {split} split has no windows")
+    n_max = max(samples)
+    deterministic = cfg.variant != "unisinger"
+    per_n: dict[int, dict[str, list[float]]] = {n: {c: [] for c in COLUMNS[1:]} for n in samples}
+    generated_frames, generation_s = 0, 0.0
+    g = torch.Generator().manual_seed(seed)
+    for k, w in enumerate(ds):
+        if max_windows is not None and k >= max_windows:
+            break
+        n_gen = 1 if deterministic else n_max
+        shape = w["shape"][None].expand(n_gen, -1)
+        t0 = time.perf_counter()
+        pred = model.generate(shape, w["singing"][None].expand(n_gen, -1), w["bgm_mfcc"][None].expand(n_gen, -1, -1),
+                              generator=g)
+        generation_s += time.perf_counter() - t0
+        generated_frames += pred.shape[0] * pred.shape[1]
+        if deterministic:
+            pred = pred.expand(n_max, -1, -1)
+        gt = w["motion"]
+        with torch.no_grad():
+            both = torch.cat([gt[None], pred])
+            verts = {name: posed_vertices(layer, w["shape"][None].expand(len(both), -1), both, idx,
+                                          with_head_pose=False)
+                     for name, idx in (("lips", masks["lips"]), ("face", masks["face"]), ("upper", upper))}
+            neutral = layer.vertices(w["shape"][None], torch.zeros(1, 50), torch.zeros(1, 3), torch.zeros(1, 3),
+                                     torch.zeros(1, 3), upper)[0]
+            m = both.reshape(-1, layout.MOTION_DIM)
+            lmk = layer.landmarks(w["shape"][None].expand(len(m), -1), m[:, layout.EXPRESSION],
+                                  m[:, layout.GLOBAL_ORIENT], m[:, layout.NECK], m[:, layout.JAW])
+            lmk = lmk.view(len(both), -1, 68, 3)
+        audio_beats = beat.audio_beats(w["singing"].numpy())
+        for n in samples:
+            lv = motion.lve(verts["lips"][1:n + 1], verts["lips"][0])
+            fv = motion.fve(verts["face"][1:n + 1], verts["face"][0])
+            mind, meand = motion.min_mean_dist(pred[:n], gt)
+            row = per_n[n]
+            row["LVE mean"].append(float(lv.mean()))
+            row["LVE min"].append(float(lv.min()))
+            row["FVE mean"].append(float(fv.mean()))
+            row["FVE min"].append(float(fv.min()))
+            row["FDD"].append(float(motion.fdd(verts["upper"][1:n + 1], verts["upper"][0], neutral).mean()))
+            row["PPE"].append(float(motion.ppe(pred[:n], gt).mean()))
+            row["BA"].append(float(np.nanmean([beat.beat_align(beat.motion_beats(p), audio_beats) for p in pred[:n]])))
+            row["Diversity"].append(float(motion.diversity(lmk[1:n + 1])))
+            row["MinDist"].append(float(mind))
+            row["MeanDist"].append(float(meand))
+            row["APD"].append(float(motion.apd(pred[:n])))
+    fps = generated_frames / generation_s
+    return [{"n": n, **{c: float(np.nanmean(v)) if len(v) else float("nan") for c, v in per_n[n].items()},
+             "FPS": fps} for n in samples]
+
+
+def table_markdown(rows: list[dict], title: str) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r["n"]) if c == "n" else f"{r[c]:.4f}" for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def split_with_windows(data: str, preferred: str = "test") -> str:
+    """`preferred` if it has windows, else the first split that has (small demo releases)."""
+    counts = {}
+    for r in store.read_manifest(data).to_pylist():
+        counts[r["split"]] = counts.get(r["split"], 0) + 1
+    if counts.get(preferred):
+        return preferred
+    return next(s for s in ("test", "val", "train") if counts.get(s))
