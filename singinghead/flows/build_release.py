@@ -136,8 +136,12 @@ def build_release(sources: list[str], out: str, version: str, seed: int = 0, spl
     stat = stats.release_stats(out, manifest)
     report = qa.qa_report(out, manifest)
     logger.info("release %s: %d windows (%d new), %s", version, len(manifest), len(new_rows), info["counts"])
+    qa_md = "\n".join(f"- `{e['window_id']}`: {'; '.join(e['flags'])}" for e in report["entries"] if e["flags"])
+    stats_md = "\n".join(f"- {k}: {v}" for k, v in stat.items() if k not in ("plots", "shares"))
     create_markdown_artifact(key="release-" + "".join(c if c.isalnum() else "-" for c in version.lower()),
-                             markdown=card + f"\n\nQA report: {report['html']}\n", description=f"release {version}")
+                             markdown=card + f"\n## Statistics\n\n{stats_md}\n\nPlots: {', '.join(stat['plots'])}\n"
+                             f"\n## QA\n\nReport: {report['html']} ({report['failing']} flagged)\n\n{qa_md}\n",
+                             description=f"release {version}")
     return {"release": out, "version": version, "windows": len(manifest), "new_windows": len(new_rows),
             "counts": info["counts"], "stats": stat, "qa": report}
 

@@ -1,8 +1,9 @@
 """A synthetic dataset in the public SingingHead layout: for trainer tests and the loader benchmark.
 
 N windows of 8 s: smooth 59-d motion whose jaw and expressions follow the singing loudness,
-plus a 1 Hz sway (so a model has something to learn from the audio and its positional encoding), a 100-d shape per subject, a 16 kHz singing tone with a syllable envelope, a
-beat-like BGM, and a small test-pattern MP4 per window.
+plus a 1 Hz sway (a model can learn both, from the audio and its positional encoding); a 100-d
+shape per subject, a 16 kHz singing tone with a syllable envelope, a beat-like BGM, and a small
+test-pattern MP4 per window.
 """
 
 from __future__ import annotations
