@@ -1,0 +1,52 @@
+"""2D metrics on constructed images and Gaussians with known answers."""
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from singinghead.trainer.metrics import image
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return cv2.resize(skimage.data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+
+
+def test_ssim_identity_and_degradation(photo):
+    assert image.ssim(photo, photo) == pytest.approx(1.0)
+    noisy = np.clip(photo + np.random.default_rng(0).normal(0, 25, photo.shape), 0, 255).astype(np.uint8)
+    assert image.ssim(photo, noisy) < 0.6
+
+
+def test_cpbd_drops_with_blur():
+    photo = skimage.data.astronaut()
+    scores = [image.cpbd(photo if s == 0 else cv2.GaussianBlur(photo, (0, 0), s)) for s in (0, 0.6, 1.0, 1.5)]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 5 * scores[2]
+    step = np.zeros((128, 128), np.uint8)
+    step[:, 64:] = 200  # an ideal vertical edge: width 1, certainly sharp
+    assert image.cpbd(step) == pytest.approx(1.0)
+
+
+def test_landmark_distances():
+    target = np.zeros((2, 68, 2))
+    pred = target.copy()
+    pred[:, 48:68, 0] = 3.0  # every mouth point 3 px off
+    assert image.lmd(pred, target, mouth_only=True) == pytest.approx(3.0)
+    assert image.lmd(pred, target) == pytest.approx(3.0 * 20 / 68)
+
+
+def test_frechet_distance_of_known_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([2.0, 1.0])
+    s1, s2 = np.diag([1.0, 4.0]), np.diag([9.0, 1.0])
+    expected = 4.0 + (1 + 9 - 2 * 3) + (4 + 1 - 2 * 2)  # ‖Δμ‖² + Σ (σ1 + σ2 − 2√(σ1σ2))
+    assert image.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected)
+    assert image.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (4000, 3)), rng.normal(0.5, 1, (4000, 3))
+    assert image.fid(a, b) == pytest.approx(3 * 0.25, abs=0.08)
+
+
+def test_fid_is_disabled_without_a_backbone():
+    with pytest.warns(UserWarning, match="FID disabled"):
+        assert image.inception_features(np.zeros((1, 8, 8, 3), np.uint8), None) is None
