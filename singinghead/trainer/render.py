@@ -2,9 +2,9 @@
 
 Every triangle is projected; the pixels of its bounding box (a k×k grid, triangles grouped by
 box size in powers of two so small ones stay cheap) are tested with screen-space barycentric
-coordinates, depth is interpolated perspective-correctly (1/z is linear on screen), and the nearest triangle wins per pixel via
-`scatter_reduce(amin)`. Pixel centres are at integer coordinates (OpenCV's convention, as the
-portrait camera). Background depth is 0.
+coordinates, depth is interpolated perspective-correctly (1/z is linear on screen), and the
+nearest triangle wins per pixel via `scatter_reduce(amin)`. Pixel centres are at integer
+coordinates (OpenCV's convention, as the portrait camera). Background depth is 0.
 """
 
 from __future__ import annotations
