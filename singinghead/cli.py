@@ -270,6 +270,22 @@ def evaluate_cmd(
     console.print(table_markdown(rows, f"{checkpoint} on {split}"))
 
 
+@app.command("sync-check")
+def sync_check_cmd(release_dir: str = typer.Argument(..., help="Release folder"),
+                   steps: int = typer.Option(300, help="Training steps per syncer level")) -> None:
+    """Train the MS-Sync syncer pyramid on a release and flag windows whose AV offset is not 0 ± 1 frame."""
+    from singinghead.trainer.sync import sync_check
+
+    report = sync_check(release_dir, steps=steps)
+    for r in report["windows"]:
+        scales = ", ".join(f"{s['scale_ms']} ms: {s['offset_frames']:+d} (conf {s['confidence']:.2f})"
+                           for s in r["scales"] if s["offset_frames"] is not None)
+        mark = "[red]flagged[/]" if r["flagged"] else "ok"
+        console.print(f"{r['window_id']} [{r['split']}] {mark} — {scales}")
+    console.print(f"{len(report['flagged'])} of {len(report['windows'])} windows flagged; "
+                  f"report: {release_dir}/qa/sync_check.json")
+
+
 def main() -> None:
     # Keep the console readable: Dask's per-worker chatter and Prefect's telemetry off by default.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

@@ -205,3 +205,22 @@ def test_reader_decodes_video_and_shards_by_rank(releases):
     sample = next(iter(ReleaseWindows(str(releases["rel"]), split, video_size=64)))
     assert sample["video"].shape == (240, 64, 64, 3) and sample["video"].dtype == torch.uint8
     assert sample["video"].float().std() > 10  # a real picture, not a blank
+
+
+def test_sync_pyramid_finds_a_shifted_landmark_stream(releases):
+    """Syncers trained briefly on the release: its windows are in sync, and a landmark stream
+    delayed by 6 frames is found 6 frames late (200 and 400 ms scales) and flagged."""
+    from singinghead.trainer import sync
+
+    windows = {s: sync.release_features(str(releases["rel"]), s) for s in R.SPLITS}
+    everything = [w for s in R.SPLITS for w in windows[s]]
+    pyramid = sync.train_pyramid(everything, steps=200)
+    in_sync = sync.check_windows(pyramid, windows)
+    assert in_sync["flagged"] == [], in_sync
+    delayed = {"train": [{**w, "video": np.roll(w["video"], 6, axis=0)} for w in everything]}
+    report = sync.check_windows(pyramid, delayed)
+    assert len(report["flagged"]) == len(everything)
+    for r in report["windows"]:
+        by_scale = {s["scale_ms"]: s for s in r["scales"]}
+        assert abs(by_scale[200]["offset_frames"] - 6) <= 1 and abs(by_scale[400]["offset_frames"] - 6) <= 2
+        assert by_scale[200]["confidence"] > 0.05

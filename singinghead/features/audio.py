@@ -23,13 +23,18 @@ def bgm_mfcc_per_frame(bgm: np.ndarray, n_frames: int, fps: float = 30.0, n_mfcc
     return _fit_frames(mfcc.T, n_frames).astype(np.float32)
 
 
-def musicface_mfcc_windows(audio: np.ndarray, n_frames: int, fps: float = 30.0, window: int = 39) -> np.ndarray:
-    """(n_frames, 39, 26): MFCC+Δ at 100 Hz (25 ms window, 10 ms hop), 39 frames per video frame."""
+def mfcc26(audio: np.ndarray) -> np.ndarray:
+    """(T100, 26): 13 MFCC + 13 Δ at 100 Hz (window 400, hop 160 at 16 kHz), as MusicFace and MS-Sync."""
     import librosa
 
     mfcc = librosa.feature.mfcc(y=audio.astype(np.float32), sr=SR, n_mfcc=13, n_fft=512, win_length=400,
                                 hop_length=160, center=True)
-    feats = np.concatenate([mfcc, librosa.feature.delta(mfcc, width=3)], axis=0).T  # (T100, 26)
+    return np.concatenate([mfcc, librosa.feature.delta(mfcc, width=3)], axis=0).T.astype(np.float32)
+
+
+def musicface_mfcc_windows(audio: np.ndarray, n_frames: int, fps: float = 30.0, window: int = 39) -> np.ndarray:
+    """(n_frames, 39, 26): MFCC+Δ at 100 Hz (25 ms window, 10 ms hop), 39 frames per video frame."""
+    feats = mfcc26(audio)
     centres = np.round(np.arange(n_frames) / fps * 100).astype(int)
     half = window // 2
     padded = np.pad(feats, ((half, half + 1), (0, 0)), mode="edge")

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     #: A wav2vec 2.0 checkpoint folder in transformers' format (config.json + weights), e.g.
     #: facebook/wav2vec2-base-960h downloaded beforehand; the trainer never downloads.
     wav2vec2_dir: Path | None = None
+    #: torchvision VGG-19 state dict (.pth) for the renderer's perceptual loss; unset = loss off.
+    vgg19_weights: Path | None = None
+    #: torchvision Inception-v3 state dict (.pth) for FID; unset = FID not reported.
+    inception_weights: Path | None = None
     #: Vocal removal backend: builtin (no weights), demucs (local model folder) or spleeter.
     separation_backend: str = "builtin"
     #: Folder with demucs models in demucs' own format (`<sig>.th`, optional `<name>.yaml` bags).
