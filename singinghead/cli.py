@@ -286,6 +286,38 @@ def sync_check_cmd(release_dir: str = typer.Argument(..., help="Release folder")
                   f"report: {release_dir}/qa/sync_check.json")
 
 
+@app.command("train-renderer")
+def train_renderer_cmd(
+    data: str = typer.Option(..., "--data", help="Release folder"),
+    subject: str = typer.Option(..., "--subject", help="The identity to train a renderer for"),
+    out: Path = typer.Option(..., "--out", help="Run folder"),
+    steps: int = typer.Option(1000),
+    size: int = typer.Option(256),
+) -> None:
+    """Train the face renderer of one identity (depth + reference image → portrait)."""
+    from singinghead.trainer.renderer_train import train_renderer
+
+    result = train_renderer(data, subject, out, steps=steps, size=size)
+    console.print(f"{result['steps']} steps on {result['windows']} windows; checkpoint {result['checkpoint']}")
+
+
+@app.command()
+def animate(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="A portrait photo"),
+    audio: Path = typer.Argument(..., exists=True, dir_okay=False, help="Singing (dry vocal) audio"),
+    bgm: Path | None = typer.Argument(None, help="Background music (optional)"),
+    vae: Path = typer.Option(..., "--vae", exists=True, help="UniSinger checkpoint (singinghead train)"),
+    renderer: Path | None = typer.Option(None, "--renderer", help="Renderer checkpoint; without: depth video"),
+    out: Path = typer.Option(Path("animated.mp4"), "--out"),
+    size: int = typer.Option(256),
+) -> None:
+    """Photo + song → singing portrait MP4 (FLAME motion from the VAE, depth, renderer, audio muxed)."""
+    from singinghead.flows.animate import animate as run
+
+    result = run(image, audio, bgm, vae, out, renderer, size=size)
+    console.print(f"{result['frames']} frames → {result['out']} ({'rendered' if result['rendered'] else 'depth'})")
+
+
 def main() -> None:
     # Keep the console readable: Dask's per-worker chatter and Prefect's telemetry off by default.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

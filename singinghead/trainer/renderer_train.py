@@ -1,0 +1,112 @@
+"""Per-identity training of the face renderer from a release (the papers train one network per
+person). Inputs per frame: the depth of the fitted FLAME mesh rendered with the segment camera
+(`render.render_depth_sequence`), the identity's reference image (the first frame of its first
+window) and the frame index for the temporal embedding; target: the portrait frame."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from singinghead.flame.layer import FlameLayer
+from singinghead.flame.model import load_flame
+from singinghead.schemas.settings import get_settings
+from singinghead.storage import files
+from singinghead.storage import release as store
+from singinghead.trainer.models.renderer import (
+    PatchDiscriminator,
+    RendererWeights,
+    UNetGenerator,
+    perceptual_loss,
+    renderer_step,
+)
+from singinghead.trainer.render import render_depth_sequence
+from singinghead.trainer.train import resolve_assets
+
+
+def depth_to_input(depth: torch.Tensor) -> torch.Tensor:
+    """Depth (metres, 0 = background) → [−1, 1]: near is bright, background −1 (inverse depth
+    normalised per frame over the foreground)."""
+    fg = depth > 0
+    inv = torch.where(fg, 1.0 / depth.clamp(min=1e-6), torch.zeros_like(depth))
+    out = torch.full_like(depth, -1.0)
+    for i in range(len(depth)):
+        if fg[i].any():
+            v = inv[i][fg[i]]
+            out[i][fg[i]] = (inv[i][fg[i]] - v.min()) / (v.max() - v.min() + 1e-9) * 1.8 - 0.8
+    return out
+
+
+def decode_frames(url: str, size: int) -> torch.Tensor:
+    """(T, 3, size, size) RGB in [−1, 1]."""
+    frames = []
+    fs, path = files.url_to_fs(url)
+    with fs.open(path, "rb") as fh, av.open(fh) as c:
+        for frame in c.decode(c.streams.video[0]):
+            frames.append(frame.reformat(width=size, height=size, format="rgb24").to_ndarray())
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def identity_windows(release: str, subject: str, layer: FlameLayer, size: int, max_windows: int | None = None
+                     ) -> list[dict]:
+    rows = [r for r in store.read_manifest(release).to_pylist() if r["subject_id"] == subject]
+    if not rows:
+        raise ValueError(f"{release}: no window of subject {subject!r}")
+    out = []
+    for r in sorted(rows, key=lambda r: r["window_id"])[:max_windows]:
+        table = pq.read_table(files.join(release, r["shard_path"]))
+        a = store.arrays(table.slice(r["shard_row"], 1), ["motion", "translation", "camera", "shape"])
+        if not np.isfinite(a["camera"]).all():
+            continue  # imported windows carry no camera: nothing to render depth with
+        with torch.no_grad():
+            depth = render_depth_sequence(layer, torch.as_tensor(a["shape"][0]), torch.as_tensor(a["motion"][0]),
+                                          torch.as_tensor(a["translation"][0]), torch.as_tensor(a["camera"][0]), size)
+        out.append({"window_id": r["window_id"], "depth": depth_to_input(depth)[:, None],
+                    "frames": decode_frames(files.join(release, r["video_path"]), size)})
+    if not out:
+        raise ValueError(f"{release}: no window of {subject!r} has a camera to render depth with")
+    return out
+
+
+def train_renderer(release: str, subject: str, out: str | Path, steps: int = 1000, size: int = 256,
+                   batch_size: int = 1, lr: float = 2e-4, seed: int = 0, max_windows: int | None = None,
+                   channels: tuple[int, ...] | None = None) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    flame_dir, _ = resolve_assets(out)
+    layer = FlameLayer(load_flame(flame_dir))
+    windows = identity_windows(release, subject, layer, size, max_windows)
+    reference = windows[0]["frames"][0]
+    gen = UNetGenerator(**({"channels": channels} if channels else {}))
+    disc = PatchDiscriminator()
+    opt_g = torch.optim.Adam(gen.parameters(), lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr, betas=(0.5, 0.999))
+    vgg = perceptual_loss(get_settings().vgg19_weights)
+    log = []
+    for step in range(steps):
+        picks = [(random.randrange(len(windows)), random.randrange(len(windows[0]["frames"])))
+                 for _ in range(batch_size)]
+        batch = {"depth": torch.stack([windows[w]["depth"][f] for w, f in picks]),
+                 "target": torch.stack([windows[w]["frames"][f] for w, f in picks]),
+                 "reference": reference[None].expand(batch_size, -1, -1, -1),
+                 "frame": torch.tensor([f for _, f in picks])}
+        log.append({"step": step + 1, **renderer_step(gen, disc, opt_g, opt_d, batch, RendererWeights(), vgg)})
+    ckpt = out / "renderer.pt"
+    torch.save({"generator": gen.state_dict(), "reference": reference, "subject": subject, "size": size,
+                "channels": list(channels) if channels else None, "perceptual": vgg is not None}, ckpt)
+    files.write_json_atomic(str(out / "renderer_log.json"), log)
+    return {"checkpoint": str(ckpt), "steps": steps, "windows": len(windows), "log": log}
+
+
+def load_renderer(checkpoint: str | Path) -> tuple[UNetGenerator, dict]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    gen = UNetGenerator(**({"channels": tuple(state["channels"])} if state.get("channels") else {}))
+    gen.load_state_dict(state["generator"])
+    return gen.eval(), state
