@@ -174,6 +174,51 @@ def demo(
     note = "" if split == "test" else f" (the demo release has no test windows: evaluated on {split})"
     rows = evaluate(trained["checkpoint"], str(out / "release"), split, (1, 10))
     console.print(table_markdown(rows, f"UniSinger after {trained['steps']} steps{note}"))
+    _demo_2d(out, trained["checkpoint"], session)
+
+
+def _demo_2d(out: Path, vae_checkpoint: str, session: Path) -> None:
+    """The demo's 2D part: eye metrics, sync check, a short renderer run and an animated portrait."""
+    import cv2
+    import skimage.data
+    import soundfile as sf
+
+    from singinghead.flows.animate import animate as run_animate
+    from singinghead.storage import release as store
+    from singinghead.trainer.data import ReleaseWindows
+    from singinghead.trainer.metrics import eyes
+    from singinghead.trainer.renderer_train import train_renderer
+    from singinghead.trainer.sync import sync_check
+
+    release = str(out / "release")
+    eye_table = Table(title="eye states of the released windows (MusicFace: blinks < 0.5 s, long closures)")
+    for col in ("window", "blinks/s", "blink duration (s)", "long closures", "head roughness (deg²/s⁴)"):
+        eye_table.add_column(col)
+    for split in ("train", "val", "test"):
+        for w in ReleaseWindows(release, split, fields=("eye_closure", "motion")):
+            stats = eyes.blink_stats(w["eye_closure"].numpy().mean(axis=1))
+            eye_table.add_row(w["window_id"], f"{stats['blinks_per_s']:.2f}", f"{stats['blink_duration_s']:.2f}",
+                              f"{stats['long_closures']:.0f}", f"{eyes.roughness(w['motion'].numpy()):.1f}")
+    console.print(eye_table)
+    with console.status("sync check: training the MS-Sync syncer pyramid on the release"):
+        report = sync_check(release, steps=150)
+    console.print(f"sync check: {len(report['flagged'])} of {len(report['windows'])} windows flagged "
+                  f"(offsets at 200 ms: {[r['scales'][0]['offset_frames'] for r in report['windows']]}); "
+                  f"{release}/qa/sync_check.json")
+    subject = store.read_manifest(release).column("subject_id")[0].as_py()
+    with console.status(f"training a small face renderer for {subject} (a few steps: a smoke run on CPU)"):
+        rend = train_renderer(release, subject, out / "renderer", steps=3, max_windows=1,
+                              channels=(16, 32, 64, 64, 64, 64, 64, 64))
+    console.print(f"renderer: {rend['steps']} steps, checkpoint {rend['checkpoint']}")
+    photo = out / "animate" / "astronaut.png"
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    vocal, sr = sf.read(session / "takes" / "take01" / "mic.wav", dtype="float32")
+    song = photo.parent / "vocal_4s.wav"
+    sf.write(song, vocal[: 4 * sr], sr)
+    with console.status("animate: photo + 4 s of singing → MP4"):
+        result = run_animate(photo, song, None, vae_checkpoint, photo.parent / "animated.mp4", rend["checkpoint"])
+    console.print(f"animate: {result['frames']} frames → {result['out']}")
 
 
 @app.command()

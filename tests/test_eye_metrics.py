@@ -22,10 +22,12 @@ def test_blinks_and_long_closures_are_separated_at_half_a_second():
     assert stats["long_closures"] == 1
 
 
-def test_normalisation_is_per_video():
+def test_normalisation_is_per_video_and_jitter_is_no_blink():
     low = np.full(100, 0.30)
-    low[40:45] = 0.34  # a faint signal still shows its blink after min-max normalisation
+    low[40:45] = 0.62  # a subject whose eyes never close fully still blinks after min-max normalisation
     assert [c.kind for c in eyes.closures(low)] == ["blink"]
+    jitter = 0.1 + 0.05 * np.random.default_rng(0).random(300)  # open eyes, landmark noise only
+    assert eyes.closures(jitter) == [] and eyes.blink_stats(jitter)["blinks_per_s"] == 0
 
 
 def test_canonical_correlation():

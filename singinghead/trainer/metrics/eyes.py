@@ -1,7 +1,7 @@
 """MusicFace's eye-state and head-dynamics metrics (SPEC §4).
 
 - Eye state: a per-video min-max normalised eye-closure signal (0 open … 1 closed), closed where
-  it exceeds 0.5; closed runs shorter than τ = 0.5 s are blinks, longer ones long closures.
+  it exceeds 0.5 (a signal varying by less than 0.25 before normalising has no closures); closed runs shorter than τ = 0.5 s are blinks, longer ones long closures.
   Blink rate (blinks/s) and mean blink duration (s).
 - CCA: the first canonical correlation (scikit-learn) between generated and ground-truth eye
   state, and between generated and ground-truth head-pose speed (frame-to-frame change of the
@@ -23,6 +23,7 @@ from singinghead.schemas import motion as layout
 
 TAU_S = 0.5
 CLOSED = 0.5
+MIN_RANGE = 0.25  # eye closure 0 (open) … 1 (closed): less variation than this is no eye movement
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,15 @@ def normalise(signal: np.ndarray) -> np.ndarray:
     return np.zeros_like(x) if hi - lo < 1e-9 else (x - lo) / (hi - lo)
 
 
-def closures(eye_closure: np.ndarray, fps: float = layout.FPS, tau_s: float = TAU_S) -> list[Closure]:
-    """Closed runs of a (T,) closure signal (both eyes: pass their mean), split by duration."""
-    closed = normalise(eye_closure) > CLOSED
+def closures(eye_closure: np.ndarray, fps: float = layout.FPS, tau_s: float = TAU_S,
+             min_range: float = MIN_RANGE) -> list[Closure]:
+    """Closed runs of a (T,) closure signal (both eyes: pass their mean), split by duration. A
+    signal whose range is below `min_range` has no closures (min-max normalising it would turn
+    landmark jitter into blinks)."""
+    x = np.asarray(eye_closure, dtype=float)
+    if not np.isfinite(x).any() or np.nanmax(x) - np.nanmin(x) < min_range:
+        return []
+    closed = normalise(x) > CLOSED
     edges = np.diff(np.concatenate([[0], closed.astype(int), [0]]))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     return [Closure(int(s), int(e), "blink" if (e - s) / fps < tau_s else "long") for s, e in zip(starts, ends,
