@@ -1,8 +1,9 @@
 """MusicFace's eye-state and head-dynamics metrics (SPEC §4).
 
 - Eye state: a per-video min-max normalised eye-closure signal (0 open … 1 closed), closed where
-  it exceeds 0.5 (a signal varying by less than 0.25 before normalising has no closures); closed runs shorter than τ = 0.5 s are blinks, longer ones long closures.
-  Blink rate (blinks/s) and mean blink duration (s).
+  it exceeds 0.5 (a signal varying by less than 0.25 before normalising has no closures);
+  closed runs shorter than τ = 0.5 s are blinks, longer ones long closures. Blink rate
+  (blinks/s) and mean blink duration (s).
 - CCA: the first canonical correlation (scikit-learn) between generated and ground-truth eye
   state, and between generated and ground-truth head-pose speed (frame-to-frame change of the
   6-d head pose), as MusicFace evaluates the rhythm rather than the pose itself.
