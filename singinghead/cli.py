@@ -210,6 +210,11 @@ def _demo_2d(out: Path, vae_checkpoint: str, session: Path) -> None:
         rend = train_renderer(release, subject, out / "renderer", steps=3, max_windows=1,
                               channels=(16, 32, 64, 64, 64, 64, 64, 64))
     console.print(f"renderer: {rend['steps']} steps, checkpoint {rend['checkpoint']}")
+    from singinghead.trainer.evaluate import split_with_windows
+    from singinghead.trainer.evaluate_2d import evaluate_2d, table_2d
+
+    row = evaluate_2d(rend["checkpoint"], release, split_with_windows(release), max_windows=1, frame_step=8)
+    console.print("2D metrics of the (barely trained) renderer:\n" + table_2d([row]))
     photo = out / "animate" / "astronaut.png"
     photo.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
@@ -344,6 +349,19 @@ def train_renderer_cmd(
 
     result = train_renderer(data, subject, out, steps=steps, size=size)
     console.print(f"{result['steps']} steps on {result['windows']} windows; checkpoint {result['checkpoint']}")
+
+
+@app.command("evaluate-2d")
+def evaluate_2d_cmd(
+    renderer: Path = typer.Argument(..., exists=True, dir_okay=False, help="Renderer checkpoint"),
+    data: str = typer.Option(..., "--data", help="Release folder"),
+    split: str = typer.Option("test"),
+    max_windows: int | None = typer.Option(None, "--max-windows"),
+) -> None:
+    """Journal Table IV columns (FID, LPIPS, SSIM, CPBD, M-LMD, F-LMD, BA) of an identity's renderer."""
+    from singinghead.trainer.evaluate_2d import evaluate_2d, table_2d
+
+    console.print(table_2d([evaluate_2d(str(renderer), data, split, max_windows)]))
 
 
 @app.command()

@@ -247,6 +247,10 @@ def test_renderer_and_animate_make_an_mp4_with_audio(releases, tmp_path):
     rend = train_renderer(str(releases["rel"]), "astronaut000", tmp_path / "renderer", steps=1, max_windows=1,
                           channels=small)
     assert rend["windows"] == 1 and all(np.isfinite(v) for v in rend["log"][0].values())
+    from singinghead.trainer.evaluate_2d import COLUMNS_2D, evaluate_2d
+
+    table4 = evaluate_2d(rend["checkpoint"], str(releases["rel"]), split, max_windows=1, frame_step=60)
+    assert set(COLUMNS_2D) <= set(table4) and table4["size"] == 256 and -1 <= table4["SSIM"] <= 1
     photo = tmp_path / "face.png"
     cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
     singing, _ = sf.read(releases["rel"] / manifest[0]["singing_path"], dtype="float32")
