@@ -231,8 +231,12 @@ def process_session(session_dir: str, out: str) -> dict:
     motions: dict[str, dict] = {}
     motion_futures = {}
     shape_info = None
-    if frame_refs:
-        shape, n_frames = flame_fit.subject_shape(frame_refs)
+    try:
+        shape, n_frames = flame_fit.subject_shape(frame_refs) if frame_refs else (None, 0)
+    except ValueError as exc:  # no frame of any take had landmarks
+        logger.error("session %s: no subject shape: %s", manifest.session_id, exc)
+        shape = None
+    if shape is not None:
         shape_info = {"subject_id": manifest.subject.id, "source": SHAPE_SOURCE, "frames": n_frames,
                       "shape": [float(x) for x in shape]}
         _publish_if_changed(files.join(session_url, "subject_shape.json"),

@@ -394,8 +394,14 @@ def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRe
     refs, summary = [], []
     for row in rows:
         d = _load_npz(fits[row["segment_index"]].url)
-        frames, flags = replace_frame_outliers(_frame_fit(d), OUTLIER_SCALE)
         missing = ~np.isfinite(d["landmarks"]).all(axis=(1, 2))
+        if missing.all():  # the face was never found in the portrait: nothing to track
+            summary.append({"segment_index": row["segment_index"], "video": row["video"], "frames": len(missing),
+                            "frames_without_landmarks": int(missing.sum()), "outlier_frames": {},
+                            "reprojection_px": {"median": None, "p95": None},
+                            "skipped": "no landmarks in any frame"})
+            continue
+        frames, flags = replace_frame_outliers(_frame_fit(d), OUTLIER_SCALE)
         conf = np.where(missing, 0.0, d["confidence"])
         filled = replace_outliers(d["landmarks"], missing)  # gaps bridged; they carry no weight
         smoothed = smooth_landmarks(filled, conf, fidelity=LANDMARK_FIDELITY)
