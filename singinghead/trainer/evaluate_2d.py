@@ -48,6 +48,13 @@ def dlib_landmarks(frames: np.ndarray) -> np.ndarray:
     return out
 
 
+def _mean(values: list[float]) -> float:
+    """Mean of the finite values; NaN (without a warning) when there is none."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).byte().numpy()
 
@@ -77,7 +84,7 @@ def evaluate_2d(renderer_checkpoint: str, data: str, split: str = "test", max_wi
         real = decode_frames(files.join(data, r["video_path"]), size)[picks]
         fake_u8, real_u8 = _to_uint8(fake), _to_uint8(real)
         ssim.append(np.mean([image.ssim(f, g) for f, g in zip(fake_u8, real_u8, strict=True)]))
-        cpbd.append(np.nanmean([image.cpbd(f) for f in fake_u8]))
+        cpbd.append(_mean([image.cpbd(f) for f in fake_u8]))
         lf, lr = dlib_landmarks(fake_u8), dlib_landmarks(real_u8)
         mlmd.append(image.lmd(lf, lr, mouth_only=True))
         flmd.append(image.lmd(lf, lr))
@@ -91,9 +98,8 @@ def evaluate_2d(renderer_checkpoint: str, data: str, split: str = "test", max_wi
     if weights:
         fid = image.fid(image.inception_features(np.concatenate(real_all), weights),
                         image.inception_features(np.concatenate(fake_all), weights))
-    return {"size": size, "FID": fid, "LPIPS": float("nan"), "SSIM": float(np.mean(ssim)),
-            "CPBD": float(np.nanmean(cpbd)), "M-LMD": float(np.nanmean(mlmd)), "F-LMD": float(np.nanmean(flmd)),
-            "BA": float(np.nanmean(ba)), "windows": len(ssim), "subject": subject}
+    return {"size": size, "FID": fid, "LPIPS": float("nan"), "SSIM": _mean(ssim), "CPBD": _mean(cpbd),
+            "M-LMD": _mean(mlmd), "F-LMD": _mean(flmd), "BA": _mean(ba), "windows": len(ssim), "subject": subject}
 
 
 def table_2d(rows: list[dict]) -> str:

@@ -73,7 +73,8 @@ def lmd(pred: np.ndarray, target: np.ndarray, mouth_only: bool = False) -> float
     """(T, 68, 2) landmarks → mean L2 distance (px) over frames and the chosen points."""
     sel = MOUTH if mouth_only else slice(None)
     d = np.linalg.norm(np.asarray(pred)[:, sel] - np.asarray(target)[:, sel], axis=-1)
-    return float(np.nanmean(d))
+    d = d[np.isfinite(d)]  # frames where either side has no face do not count
+    return float(d.mean()) if len(d) else float("nan")
 
 
 def landmark_beats(landmarks: np.ndarray, sigma: float = 5.0) -> np.ndarray:
