@@ -15,9 +15,10 @@ from singinghead.schemas import motion as layout
 from singinghead.storage import release as store
 from singinghead.trainer.data import ReleaseWindows
 from singinghead.trainer.losses import posed_vertices
-from singinghead.trainer.metrics import beat, motion
+from singinghead.trainer.metrics import beat, eyes, motion
 from singinghead.trainer.train import load_for_inference, resolve_assets
 
+HEAD_COLUMNS = ["CCA pose speed", "Rough", "Rough GT"]  # MusicFace's head metrics, first sample
 COLUMNS = ["n", "LVE mean", "LVE min", "FVE mean", "FVE min", "FDD", "PPE", "BA", "Diversity", "MinDist",
            "MeanDist", "APD", "FPS"]
 
@@ -35,7 +36,7 @@ def evaluate(checkpoint: str | Path, data: str, split: str = "test", samples: tu
         raise ValueError(f"{data}: the {split} split has no windows")
     n_max = max(samples)
     deterministic = cfg.variant != "unisinger"
-    per_n: dict[int, dict[str, list[float]]] = {n: {c: [] for c in COLUMNS[1:]} for n in samples}
+    per_n: dict[int, dict[str, list[float]]] = {n: {c: [] for c in COLUMNS[1:] + HEAD_COLUMNS} for n in samples}
     generated_frames, generation_s = 0, 0.0
     g = torch.Generator().manual_seed(seed)
     for k, w in enumerate(ds):
@@ -79,16 +80,24 @@ def evaluate(checkpoint: str | Path, data: str, split: str = "test", samples: tu
             row["MinDist"].append(float(mind))
             row["MeanDist"].append(float(meand))
             row["APD"].append(float(motion.apd(pred[:n])))
+            row["CCA pose speed"].append(eyes.canonical_correlation(eyes.head_speed(pred[0].numpy()),
+                                                                    eyes.head_speed(gt.numpy())))
+            row["Rough"].append(eyes.roughness(pred[0].numpy()))
+            row["Rough GT"].append(eyes.roughness(gt.numpy()))
     fps = generated_frames / generation_s
     return [{"n": n, **{c: float(np.nanmean(v)) if len(v) else float("nan") for c, v in per_n[n].items()},
              "FPS": fps} for n in samples]
 
 
 def table_markdown(rows: list[dict], title: str) -> str:
-    lines = [f"### {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        lines.append("| " + " | ".join(str(r["n"]) if c == "n" else f"{r[c]:.4f}" for c in COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+    def table(columns):
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for r in rows:
+            lines.append("| " + " | ".join(str(r["n"]) if c == "n" else f"{r[c]:.4f}" for c in columns) + " |")
+        return "\n".join(lines) + "\n"
+
+    return (f"### {title}\n\n" + table(COLUMNS) + "\nMusicFace head metrics (first sample; roughness in deg²/s⁴):\n\n"
+            + table(["n", *HEAD_COLUMNS]))
 
 
 def split_with_windows(data: str, preferred: str = "test") -> str:
