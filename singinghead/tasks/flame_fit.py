@@ -92,7 +92,7 @@ class FrameFit:
 
 
 def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: np.ndarray | None = None,
-               steps: int = 200, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-2,
+               steps: int = 200, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-3,
                expr_reg: float = 1e-3) -> FrameFit:
     """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact)."""
     dt = layer.p_template.dtype
@@ -238,7 +238,7 @@ def undistort_portrait(lmk: np.ndarray, crop: tuple[int, int, int], size: int, K
 
 STEP_FRAMES = "flame_frames"
 STEP_SEQUENCE = "flame_sequence"
-VERSION = "1"
+VERSION = "2"
 OUTLIER_SCALE = 1.5
 LANDMARK_FIDELITY = 1.0
 
