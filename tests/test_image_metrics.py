@@ -50,3 +50,19 @@ def test_frechet_distance_of_known_gaussians():
 def test_fid_is_disabled_without_a_backbone():
     with pytest.warns(UserWarning, match="FID disabled"):
         assert image.inception_features(np.zeros((1, 8, 8, 3), np.uint8), None) is None
+
+
+def test_lpips_loads_user_weights_and_measures_distance(tmp_path):
+    import torch
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    torch.save(alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
+    lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(image.LPIPS.CHANNELS)}
+    torch.save(lin, tmp_path / "alex.pth")
+    metric = image.LPIPS(tmp_path / "alexnet.pth", tmp_path / "alex.pth")
+    x = skimage.data.astronaut()[None, :128, :128]
+    blurred = cv2.GaussianBlur(x[0], (0, 0), 2)[None]
+    noisy = np.clip(x + np.random.default_rng(0).normal(0, 60, x.shape), 0, 255).astype(np.uint8)
+    d_same, d_blur, d_noise = metric(x, x)[0], metric(x, blurred)[0], metric(x, noisy)[0]
+    assert d_same == pytest.approx(0.0, abs=1e-6) and d_blur > 0 and d_noise > 0

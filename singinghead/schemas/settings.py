@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     vgg19_weights: Path | None = None
     #: torchvision Inception-v3 state dict (.pth) for FID; unset = FID not reported.
     inception_weights: Path | None = None
+    #: LPIPS: torchvision AlexNet state dict and the LPIPS linear layers (`alex.pth`); unset = n/a.
+    alexnet_weights: Path | None = None
+    lpips_weights: Path | None = None
     #: Vocal removal backend: builtin (no weights), demucs (local model folder) or spleeter.
     separation_backend: str = "builtin"
     #: Folder with demucs models in demucs' own format (`<sig>.th`, optional `<name>.yaml` bags).

@@ -5,8 +5,8 @@ the window's fitted FLAME motion (with the reference image and the temporal embe
 frames are compared with the real portrait frames at the renderer's size: SSIM, CPBD (of the
 generated frames), M-LMD and F-LMD between dlib's 68 landmarks on generated and real frames,
 BA between the singing's beats and the generated landmarks' motion, and FID when Inception-v3
-weights are provided (SINGINGHEAD_INCEPTION_WEIGHTS). LPIPS needs its own learned weights,
-which no wheel here ships: it is reported as not available.
+weights are provided (SINGINGHEAD_INCEPTION_WEIGHTS), LPIPS when AlexNet and LPIPS weights are
+(SINGINGHEAD_ALEXNET_WEIGHTS, SINGINGHEAD_LPIPS_WEIGHTS); otherwise they are reported as n/a.
 """
 
 from __future__ import annotations
@@ -93,12 +93,17 @@ def evaluate_2d(renderer_checkpoint: str, data: str, split: str = "test", max_wi
         ba.append(beat.beat_align(image.landmark_beats(np.nan_to_num(lf)), audio_beats))
         real_all.append(real_u8)
         fake_all.append(fake_u8)
-    weights = get_settings().inception_weights
+    settings = get_settings()
+    lpips = float("nan")
+    if settings.alexnet_weights and settings.lpips_weights:
+        metric = image.LPIPS(settings.alexnet_weights, settings.lpips_weights)
+        lpips = float(np.mean(np.concatenate([metric(f, r) for f, r in zip(fake_all, real_all, strict=True)])))
+    weights = settings.inception_weights
     fid = float("nan")
     if weights:
         fid = image.fid(image.inception_features(np.concatenate(real_all), weights),
                         image.inception_features(np.concatenate(fake_all), weights))
-    return {"size": size, "FID": fid, "LPIPS": float("nan"), "SSIM": _mean(ssim), "CPBD": _mean(cpbd),
+    return {"size": size, "FID": fid, "LPIPS": lpips, "SSIM": _mean(ssim), "CPBD": _mean(cpbd),
             "M-LMD": _mean(mlmd), "F-LMD": _mean(flmd), "BA": _mean(ba), "windows": len(ssim), "subject": subject}
 
 

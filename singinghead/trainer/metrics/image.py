@@ -11,6 +11,7 @@ distance, beat alignment on landmarks, and the Fréchet distance behind FID.
 - BA on landmarks: motion beats = local minima of the smoothed mean landmark speed.
 - FID: `frechet_distance` of two Gaussians fitted to backbone features; the Inception backbone
   is a user-provided asset (`inception_features` needs a torchvision Inception-v3 state dict).
+- LPIPS (AlexNet): from user-provided AlexNet and LPIPS linear-layer weights.
 """
 
 from __future__ import annotations
@@ -111,6 +112,49 @@ def inception_features(frames: np.ndarray, weights: str | Path | None) -> np.nda
     x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     with torch.no_grad():
         return net(x).numpy()
+
+
+class LPIPS:
+    """LPIPS (Zhang et al. 2018, AlexNet variant) from user-provided weights: torchvision's
+    AlexNet state dict and the LPIPS linear-layer state dict (`alex.pth` of the lpips release,
+    keys `lin{k}.model.1.weight`). Distance = Σ_layers mean_spatial ‖w ⊙ (f̂_x − f̂_y)‖², with f̂
+    the channel-normalised features of relu1 … relu5."""
+
+    LAYERS = (1, 4, 7, 9, 11)  # relu outputs in torchvision's alexnet.features
+    CHANNELS = (64, 192, 384, 256, 256)
+
+    def __init__(self, alexnet_weights: str | Path, lpips_weights: str | Path):
+        import torch
+        from torchvision.models import alexnet
+
+        net = alexnet(weights=None)
+        net.load_state_dict(torch.load(alexnet_weights, map_location="cpu", weights_only=True))
+        self.features = net.features[: max(self.LAYERS) + 1].eval()
+        lin = torch.load(lpips_weights, map_location="cpu", weights_only=True)
+        self.weights = [lin[f"lin{k}.model.1.weight"].reshape(1, c, 1, 1) for k, c in enumerate(self.CHANNELS)]
+        self.shift = torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None]
+        self.scale = torch.tensor([0.458, 0.448, 0.450])[None, :, None, None]
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 pairs → (N,) distances."""
+        import torch
+
+        def prep(x):
+            t = torch.as_tensor(np.asarray(x), dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
+            return (t - self.shift) / self.scale
+
+        x, y = prep(a), prep(b)
+        total = torch.zeros(len(x))
+        k = 0
+        with torch.no_grad():
+            for i, layer in enumerate(self.features):
+                x, y = layer(x), layer(y)
+                if i in self.LAYERS:
+                    nx = x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                    ny = y / (y.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                    total += (self.weights[k] * (nx - ny).pow(2)).sum(1).mean((1, 2))
+                    k += 1
+        return total.numpy()
 
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
