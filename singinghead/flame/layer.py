@@ -91,17 +91,7 @@ class FlameLayer(nn.Module):
         n_v = self.v_template.shape[0]
         posedirs = self.posedirs.view(-1, n_v, 3)[:, subset].reshape(self.posedirs.shape[0], -1)
         v = v + ((rot[:, 1:] - eye).reshape(b, -1) @ posedirs).view(b, -1, 3)
-        rot_w, trans_w = [], []
-        for j in range(rot.shape[1]):
-            p = int(self.parents[j])
-            if p < 0:
-                rot_w.append(rot[:, j])
-                trans_w.append(joints[:, j])
-            else:
-                rot_w.append(rot_w[p] @ rot[:, j])
-                trans_w.append(trans_w[p] + (rot_w[p] @ (joints[:, j] - joints[:, p])[..., None])[..., 0])
-        r = torch.stack(rot_w, 1)  # (B, 5, 3, 3)
-        t = torch.stack(trans_w, 1) - (r @ joints[..., None])[..., 0]
+        r, t = self.chain(rot, joints, rot.shape[1])  # (B, 5, 3, 3), (B, 5, 3)
         w = self.weights[subset]  # (S, 5)
         rot_v = torch.einsum("sj,bjmn->bsmn", w, r)
         return (rot_v @ v[..., None])[..., 0] + torch.einsum("sj,bjm->bsm", w, t)
@@ -115,23 +105,27 @@ class FlameLayer(nn.Module):
         self.folded = (self.p_template + self.p_dirs[:, :n] @ shape[0][:, None],
                        self.j_template.flatten() + shape[0] @ self.j_dirs[:n])
 
-    def world_transforms(self, rot: torch.Tensor, joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotations (B, J, 3, 3) and translations (B, J, 3) relative to the rest pose of the joints
-        that move landmarks: the kinematic chain of smplx's `batch_rigid_transform`, without the
-        4×4 padding it spends on joints the landmarks never use."""
-        rot_w: dict[int, torch.Tensor] = {}
-        pos_w: dict[int, torch.Tensor] = {}
-        for j in range(self.n_joints_needed):
+    def chain(self, rot: torch.Tensor, joints: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotations (B, n, 3, 3) and translations (B, n, 3) of joints 0…n−1 relative to the rest
+        pose: the kinematic chain of smplx's `batch_rigid_transform`, without its 4×4 padding.
+        Joints are ordered parents first, as in FLAME."""
+        rot_w: list[torch.Tensor] = []
+        pos_w: list[torch.Tensor] = []
+        for j in range(n):
             p = int(self.parents[j])
             if p < 0:
-                rot_w[j], pos_w[j] = rot[:, j], joints[:, j]
+                rot_w.append(rot[:, j])
+                pos_w.append(joints[:, j])
             else:
-                rot_w[j] = rot_w[p] @ rot[:, j]
-                pos_w[j] = pos_w[p] + (rot_w[p] @ (joints[:, j] - joints[:, p])[..., None])[..., 0]
-        used = [int(j) for j in self.lmk_joints]
-        r = torch.stack([rot_w[j] for j in used], 1)
-        t = torch.stack([pos_w[j] - (rot_w[j] @ joints[:, j, :, None])[..., 0] for j in used], 1)
-        return r, t
+                rot_w.append(rot_w[p] @ rot[:, j])
+                pos_w.append(pos_w[p] + (rot_w[p] @ (joints[:, j] - joints[:, p])[..., None])[..., 0])
+        r = torch.stack(rot_w, 1)
+        return r, torch.stack(pos_w, 1) - (r @ joints[:, :n, :, None])[..., 0]
+
+    def world_transforms(self, rot: torch.Tensor, joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`chain` for the joints that move landmarks only."""
+        r, t = self.chain(rot, joints, self.n_joints_needed)
+        return r[:, self.lmk_joints], t[:, self.lmk_joints]
 
     def landmarks(self, shape, expression, global_orient, neck, jaw, eyes=None) -> torch.Tensor:
         """(B, 68, 3) landmarks from the precomputed per-landmark products (no mesh). `shape` may be

@@ -65,21 +65,29 @@ def _decoder(cfg: ModelConfig) -> nn.TransformerDecoder:
     return nn.TransformerDecoder(layer, cfg.layers)
 
 
-class UniSingerVAE(nn.Module):
-    def __init__(self, wav2vec2_dir, cfg: ModelConfig | None = None):
+class _MotionModel(nn.Module):
+    """What both models share: audio encoder, shape and motion embeddings, PPE, one transformer
+    decoder stack, and a zero-initialised output layer (training starts from the neutral motion)."""
+
+    def __init__(self, wav2vec2_dir, cfg: ModelConfig | None):
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         d = cfg.d_model
         self.audio = AudioEncoder(wav2vec2_dir, d)
         self.shape_embed = nn.Linear(layout.SHAPE_DIM, d)
         self.motion_in = nn.Linear(layout.MOTION_DIM, d)
-        self.dist_tokens = nn.Parameter(torch.randn(2, d) * 0.02)  # [μ], [σ]
         self.ppe = PeriodicPositionalEncoding(d, cfg.period, cfg.max_frames + 2, cfg.dropout)
-        self.encoder = _decoder(cfg)
         self.decoder = _decoder(cfg)
         self.motion_out = nn.Linear(d, layout.MOTION_DIM)
         nn.init.zeros_(self.motion_out.weight)
         nn.init.zeros_(self.motion_out.bias)
+
+
+class UniSingerVAE(_MotionModel):
+    def __init__(self, wav2vec2_dir, cfg: ModelConfig | None = None):
+        super().__init__(wav2vec2_dir, cfg)
+        self.dist_tokens = nn.Parameter(torch.randn(2, self.cfg.d_model) * 0.02)  # [μ], [σ]
+        self.encoder = _decoder(self.cfg)
 
     def encode(self, motion, shape, audio_feats) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, _ = motion.shape
@@ -110,23 +118,10 @@ class UniSingerVAE(nn.Module):
         return self.decode(z, shape, feats)
 
 
-class FaceFormerStyle(nn.Module):
+class FaceFormerStyle(_MotionModel):
     """Deterministic baseline (the papers' FaceFormer rows): the same audio and shape encoders, a
     causal transformer decoder over the previous frames' motion with the aligned audio, trained
     with teacher forcing and decoded autoregressively (T passes)."""
-
-    def __init__(self, wav2vec2_dir, cfg: ModelConfig | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or ModelConfig()
-        d = cfg.d_model
-        self.audio = AudioEncoder(wav2vec2_dir, d)
-        self.shape_embed = nn.Linear(layout.SHAPE_DIM, d)
-        self.motion_in = nn.Linear(layout.MOTION_DIM, d)
-        self.ppe = PeriodicPositionalEncoding(d, cfg.period, cfg.max_frames + 2, cfg.dropout)
-        self.decoder = _decoder(cfg)
-        self.motion_out = nn.Linear(d, layout.MOTION_DIM)
-        nn.init.zeros_(self.motion_out.weight)
-        nn.init.zeros_(self.motion_out.bias)
 
     def _step(self, previous: torch.Tensor, shape, feats) -> torch.Tensor:
         """Predictions for every position of `previous` (B, n, 59): frame i from frames < i."""
