@@ -33,7 +33,7 @@ def sample_session(
     from singinghead.samples.session import TAKES, build_sample_session
 
     with _progress() as progress:
-        job = progress.add_task("rendering sample session", total=len(TAKES))
+        job = progress.add_task("rendering sample session", total=len(TAKES) + 1)  # + the light stage
         build_sample_session(out, seed=seed, duration_s=seconds,
                              on_take=lambda take_id: progress.advance(job))
     console.print(f"sample session written to [bold]{out}[/] (ground truth in {out / 'ground_truth'})")

@@ -5,8 +5,10 @@ which steps of which takes still need work and submits only those as Prefect tas
 DaskTaskRunner (a local cluster by default, an existing scheduler with `dask_address`).
 Steps per take: ingest (probe and check the streams) → crop (portrait segments; GPU-tagged)
 → audio (vocal removal, sync offsets, dense landmarks, per-segment singing audio and BGM)
-→ FLAME per-frame fits; then the subject's shape from all takes' fits; then per take the
-FLAME sequences (59-d motion per frame, GPU-tagged).
+→ FLAME per-frame fits; per subject, beside the takes, the light-stage photogrammetry; then
+the subject's shape: the monocular mean of all takes' fits, refined by the FLAME fit to the
+scan when the session has a light stage (a failed light stage leaves the monocular mean, and
+says so); then per take the FLAME sequences (59-d motion per frame, GPU-tagged).
 A failed take is reported and the others finish. Re-running an unchanged session submits no
 task at all.
 """
@@ -23,13 +25,15 @@ from prefect.runtime import flow_run
 
 from singinghead.flows.runtime import prefect_api, task_runner
 from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
+from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
-from singinghead.tasks import audio, crop, flame_fit, ingest
+from singinghead.tasks import audio, crop, flame_fit, ingest, photogrammetry, scan_fit
 
-#: Where the subject's final shape comes from until the light-stage scan fit provides it.
-SHAPE_SOURCE = "monocular mean"
+#: Where the subject's final shape comes from.
+SHAPE_MONOCULAR = "monocular mean"
+SHAPE_SCAN = "light-stage scan fit"
 
 
 def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
@@ -104,7 +108,15 @@ def motion_markdown(session_id: str, reports: dict[str, dict], shape_info: dict 
                          outliers, shown])
     text = markdown_table(f"FLAME motion of session `{session_id}`", header, rows)
     if shape_info:
-        text += f"\nSubject shape: {shape_info['source']} over {shape_info['frames']} frames.\n"
+        text += f"\nSubject shape: {shape_info['source']} (monocular mean over {shape_info['frames']} frames"
+        if "scan_fit" in shape_info:
+            fit = shape_info["scan_fit"]
+            text += (f"; scan-to-FLAME distance median {fit['scan_to_mesh_mm']['p50']:.2f} mm, "
+                     f"p95 {fit['scan_to_mesh_mm']['p95']:.2f} mm; landmark residual median "
+                     f"{fit['landmark_residual_mm']['median']:.1f} mm")
+        text += ").\n"
+        if "light_stage_problem" in shape_info:
+            text += f"\nLight stage not used: {shape_info['light_stage_problem']}\n"
     return text
 
 
@@ -166,6 +178,22 @@ def process_session(session_dir: str, out: str) -> dict:
     manifest = load_manifest(root)
     catalog = Catalog(out)
     manifest_sha, _ = catalog.raw_checksum(root / MANIFEST_NAME)
+
+    # Light stage first: it needs nothing from the takes, so it runs beside them.
+    light_stage = {"status": "absent"}
+    scan_future = None
+    if manifest.light_stage is not None:
+        try:
+            done = photogrammetry.scan_done(str(root), manifest.light_stage, out)
+        except SingingHeadError as exc:
+            light_stage = {"status": "failed", "problem": str(exc)}
+            logger.error("session %s: light stage unusable: %s", manifest.session_id, exc)
+        else:
+            if done is not None:
+                light_stage = {"status": "ok", "refs": done}
+            else:
+                scan_future = photogrammetry.scan_task.submit(str(root), manifest.session_id, manifest.light_stage,
+                                                              out)
 
     results: dict[str, TakeIngest] = {}
     futures = {}
@@ -236,21 +264,39 @@ def process_session(session_dir: str, out: str) -> dict:
     except ValueError as exc:  # no frame of any take had landmarks
         logger.error("session %s: no subject shape: %s", manifest.session_id, exc)
         shape = None
+    if scan_future is not None:
+        light_stage = _collect("photogrammetry", {"light stage": scan_future})["light stage"]
+    fit_submitted = []
     if shape is not None:
-        shape_info = {"subject_id": manifest.subject.id, "source": SHAPE_SOURCE, "frames": n_frames,
-                      "shape": [float(x) for x in shape]}
+        shape_info = {"subject_id": manifest.subject.id, "source": SHAPE_MONOCULAR, "frames": n_frames,
+                      "shape": [float(x) for x in shape], "monocular_shape": [float(x) for x in shape]}
+        if light_stage["status"] == "ok":
+            fit_refs = scan_fit.fit_done(out, light_stage["refs"], shape)
+            if fit_refs is None:
+                fit_submitted = ["light stage"]
+                fitted = _collect("scan fit", {"light stage": scan_fit.fit_task.submit(
+                    manifest.session_id, light_stage["refs"], shape_info["shape"], out)})["light stage"]
+                fit_refs = fitted.get("refs")
+                if fit_refs is None:
+                    light_stage = {"status": "failed", "problem": f"scan fit: {fitted['problem']}"}
+            if fit_refs is not None:
+                fit = scan_fit.read_fit(fit_refs)
+                light_stage["fit_refs"] = fit_refs
+                shape_info.update(source=SHAPE_SCAN, shape=fit["shape"], scan_fit=fit["report"], scan=fit["scan"])
+        if light_stage["status"] == "failed":
+            shape_info["light_stage_problem"] = light_stage["problem"]
         _publish_if_changed(files.join(session_url, "subject_shape.json"),
                             (json.dumps(shape_info, indent=2) + "\n").encode())
         for take_id, f in fits.items():
             if f["status"] != "ok":
                 continue
-            done = flame_fit.sequence_done(out, f["refs"], shape, SHAPE_SOURCE)
+            done = flame_fit.sequence_done(out, f["refs"], shape_info["shape"], shape_info["source"])
             if done is not None:
                 motions[take_id] = {"status": "ok", "refs": done}
             else:
                 motion_futures[take_id] = flame_fit.sequences_task.submit(
-                    manifest.session_id, take_id, crops[take_id]["refs"], f["refs"], shape_info["shape"], SHAPE_SOURCE,
-                    out)
+                    manifest.session_id, take_id, crops[take_id]["refs"], f["refs"], shape_info["shape"],
+                    shape_info["source"], out)
     motions.update(_collect("flame sequence", motion_futures))
     motion_reports = {take_id: flame_fit.read_motion_summary(m["refs"]) if m["status"] == "ok" else m
                       for take_id, m in motions.items()}
@@ -323,6 +369,10 @@ def process_session(session_dir: str, out: str) -> dict:
         },
         "motion_report": files.join(session_url, "motion_report.json"),
         "subject_shape": files.join(session_url, "subject_shape.json") if shape_info else None,
+        "scan_submitted": (["light stage"] if scan_future is not None else []) + fit_submitted,
+        "light_stage": {"status": light_stage["status"], "problem": light_stage.get("problem"),
+                        "scan": [r.url for r in light_stage.get("refs", [])],
+                        "fit": [r.url for r in light_stage.get("fit_refs", [])]},
         "index": files.join(session_url, INDEX_NAME),
         "takes": {t.take_id: t.status for t in report.takes},
         "report": files.join(session_url, "ingest_report.json"),

@@ -5,6 +5,8 @@ Deterministic from a seed, no network. Per take:
   the astronaut photo moved by known head motion, jaw driven by the dry vocal's envelope;
 - `takes/<id>/mic.wav`: the dry vocal, 48 kHz mono 24-bit, with a faint noise floor;
 - `songs/<id>.flac`: the "original song" = another voice singing the same melody + accompaniment.
+Per subject: `light_stage/photos/cam00..cam50.jpg` + `light_stage/calibration.json`, 51 views of
+the procedural FLAME head with a known shape (samples.light_stage).
 
 Timelines (see schemas.manifest): mic time t = song time t + mic_to_song; video time t = mic
 time t + video_to_mic. The capture log in session.yaml states both; in take 2 the true
@@ -15,17 +17,28 @@ find. Everything true is written to `ground_truth/` (see its README.md).
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from singinghead.samples import audio, video
-from singinghead.schemas.manifest import CaptureLog, SessionManifest, Song, Subject, Take, write_manifest
+from singinghead.flame.model import load_flame
+from singinghead.flame.procedural import write_model
+from singinghead.samples import audio, light_stage, video
+from singinghead.schemas.manifest import (
+    CaptureLog,
+    LightStage,
+    SessionManifest,
+    Song,
+    Subject,
+    Take,
+    write_manifest,
+)
 from singinghead.storage.assets import ffmpeg_exe
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 MIC_SR, SONG_SR = 48_000, 44_100
 
 #: Per take: song metadata, leans [(s, Δx px)], log offsets, and the log's error on video→mic.
@@ -55,6 +68,9 @@ Everything here is known by construction (singinghead.samples); the pipeline nev
 - `jaw_px` (N) jaw drop in source px; `mouth_opening` (N) 0..1 (vocal envelope × vowel openness);
 - `landmarks` (N, 68, 2) dlib-convention 68 points on the canvas; `face_box` (N, 4) x0, y0, x1, y1
   = bounds of those landmarks.
+
+`ground_truth.json` → `light_stage`: the head's FLAME `shape` (100, procedural model of seed 0,
+neutral expression and pose, metres), `views`; `head_mesh.ply` is that head in the rig's frame.
 """
 
 
@@ -140,10 +156,17 @@ def build_sample_session(
         if on_take:
             on_take(spec["id"])
 
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_flame(write_model(tmp))
+    true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
+    gt_light_stage = light_stage.write_light_stage(out / "light_stage", model, true_shape, gt_dir)
+    if on_take:
+        on_take("light stage")
     manifest = SessionManifest(
         session_id=f"sample{seed:03d}",
         subject=Subject(id=f"astronaut{seed:03d}", level="professional", gender="female"),
         takes=takes,
+        light_stage=LightStage(photos="light_stage/photos", calibration="light_stage/calibration.json"),
     )
     write_manifest(manifest, out)
     calib = video.kinect_calibration()
@@ -155,7 +178,7 @@ def build_sample_session(
         "generator_version": GENERATOR_VERSION, "seed": seed, "duration_s": duration_s,
         "video": {"width": video.WIDTH, "height": video.HEIGHT, "fps": video.FPS},
         "audio": {"mic_sample_rate": MIC_SR, "song_sample_rate": SONG_SR},
-        "camera": {"K": K}, "takes": gt_takes,
+        "camera": {"K": K}, "takes": gt_takes, "light_stage": gt_light_stage,
     }, indent=2))
     (gt_dir / "README.md").write_text(GROUND_TRUTH_README)
     return out

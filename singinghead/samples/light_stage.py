@@ -1,0 +1,138 @@
+"""A rendered light stage: 51 calibrated photos of a known head, for the scan tests and the demo.
+
+The head is the procedural FLAME model with a known shape (neutral expression and pose), so the
+scan, its landmarks and the fitted shape can be checked against ground truth. Its albedo is a
+function of the surface point (the same in every view, as photogrammetry needs): the sample
+face photo projected from the front onto the face, over a fine speckle pattern of the kind
+light stages project for texture-poor skin. Lighting is fixed in the world (uniform light
+stage with a soft key light), so shading does not change between views. Each view is
+ray-cast with open3d (Embree, CPU) through the calibrated camera, lens distortion included,
+and written as a JPEG; `calibration.json` holds the rig in the documented JSON form.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import open3d as o3d
+from scipy import ndimage
+
+from singinghead.flame.model import FlameModel
+from singinghead.flame.procedural import EYE_LINE_PX, EYE_Y, FRONTAL_FACE_PX, PX_TO_M
+from singinghead.samples.video import source_image
+
+#: Dome rings (elevation in degrees, number of cameras): 51 views around the head.
+RINGS = ((-30.0, 11), (-5.0, 14), (20.0, 13), (45.0, 9), (72.0, 4))
+WIDTH, HEIGHT = 512, 640
+FOCAL_PX = 2000.0
+DOME_RADIUS_M = 1.0
+DISTORTION = (-0.04, 0.02, 0.0, 0.0)  # OpenCV k1, k2, p1, p2
+HEAD_CENTRE = np.array([0.0, -0.005, 0.0])
+
+
+def dome_cameras() -> list[dict]:
+    """Camera id, intrinsics and world→camera pose (OpenCV axes) of every view on the dome."""
+    cams = []
+    for elevation, count in RINGS:
+        for i in range(count):
+            azimuth = np.deg2rad(360.0 * i / count)
+            el = np.deg2rad(elevation)
+            centre = HEAD_CENTRE + DOME_RADIUS_M * np.array(
+                [np.cos(el) * np.sin(azimuth), np.sin(el), np.cos(el) * np.cos(azimuth)])
+            z = HEAD_CENTRE - centre
+            z /= np.linalg.norm(z)
+            down = np.array([0.0, -1.0, 0.0])
+            y = down - z * (down @ z)
+            if np.linalg.norm(y) < 1e-6:
+                y = np.array([0.0, 0.0, 1.0])
+            y /= np.linalg.norm(y)
+            x = np.cross(y, z)
+            R = np.stack([x, y, z])
+            cams.append({
+                "id": f"cam{len(cams):02d}", "image": f"cam{len(cams):02d}.jpg", "width": WIDTH, "height": HEIGHT,
+                "fx": FOCAL_PX, "fy": FOCAL_PX, "cx": WIDTH / 2 - 0.5, "cy": HEIGHT / 2 - 0.5,
+                "distortion": list(DISTORTION), "R": R.tolist(), "t": (-R @ centre).tolist(),
+            })
+    return cams
+
+
+def head_mesh(model: FlameModel, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Neutral head of the given shape (metres): template plus shape blend shapes, no pose."""
+    dirs = model.shapedirs[:, :, : len(shape)]
+    return model.v_template + dirs @ shape, np.asarray(model.faces, dtype=np.int64)
+
+
+def _speckle(points: np.ndarray, seed: int = 7) -> np.ndarray:
+    """A band-limited random pattern in 3D (sum of plane waves, 3–12 mm periods), in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(48, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    freq = 2 * np.pi / rng.uniform(0.003, 0.012, 48)
+    phase = rng.uniform(0, 2 * np.pi, 48)
+    waves = np.cos(points @ (dirs * freq[:, None]).T + phase)
+    return 0.5 + 0.5 * np.tanh(1.5 * waves.sum(axis=1) / np.sqrt(48))
+
+
+def albedo(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """RGB albedo in [0, 1] at surface points: face photo on the front, speckle everywhere."""
+    photo = source_image().astype(np.float32) / 255.0
+    centre_x = 0.5 * (FRONTAL_FACE_PX[36:42, 0].mean() + FRONTAL_FACE_PX[42:48, 0].mean())
+    u = centre_x + points[:, 0] / PX_TO_M
+    v = EYE_LINE_PX - (points[:, 1] - EYE_Y) / PX_TO_M
+    face = np.stack([ndimage.map_coordinates(photo[:, :, c], [v, u], order=1, mode="reflect") for c in range(3)],
+                    axis=1)
+    front = np.clip((normals[:, 2] - 0.2) / 0.5, 0.0, 1.0)[:, None]
+    skin = np.array([0.78, 0.6, 0.5])
+    speckle = _speckle(points)[:, None]
+    base = front * face + (1 - front) * skin
+    depth = 0.45 - 0.25 * front  # lighter on the face, so detectors still see a face
+    return np.clip(base * (1 - depth + depth * speckle), 0.0, 1.0)
+
+
+def render_view(scene: o3d.t.geometry.RaycastingScene, verts: np.ndarray, faces: np.ndarray, cam: dict
+                ) -> np.ndarray:
+    """One calibrated photo (uint8 RGB): rays through the distorted pixels, albedo × fixed lights."""
+    K = np.array([[cam["fx"], 0, cam["cx"]], [0, cam["fy"], cam["cy"]], [0, 0, 1]])
+    R, t = np.asarray(cam["R"]), np.asarray(cam["t"])
+    px = np.stack(np.meshgrid(np.arange(cam["width"]), np.arange(cam["height"])), axis=-1).reshape(-1, 1, 2)
+    dist = np.array(list(cam["distortion"]) + [0.0])
+    normalised = cv2.undistortPoints(px.astype(np.float64), K, dist).reshape(-1, 2)
+    dirs_cam = np.concatenate([normalised, np.ones((len(normalised), 1))], axis=1)
+    dirs = dirs_cam @ R  # camera → world (R is world → camera)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    origin = -R.T @ t
+    rays = np.concatenate([np.broadcast_to(origin, dirs.shape), dirs], axis=1).astype(np.float32)
+    hit = scene.cast_rays(o3d.core.Tensor(rays))
+    t_hit = hit["t_hit"].numpy()
+    ok = np.isfinite(t_hit)
+    image = np.tile(np.array([0.12, 0.12, 0.14]), (len(rays), 1))  # dark backdrop of the stage
+    points = origin + dirs[ok] * t_hit[ok, None]
+    normals = hit["primitive_normals"].numpy()[ok]
+    normals *= -np.sign(np.sum(normals * dirs[ok], axis=1, keepdims=True))  # towards the camera
+    lights = np.array([[0.3, 0.5, 1.0], [-0.6, 0.2, 0.4], [0.0, -0.5, 0.6]])
+    lights /= np.linalg.norm(lights, axis=1, keepdims=True)
+    shade = 0.55 + 0.45 * np.clip(normals @ lights.T, 0, None).mean(axis=1, keepdims=True) * 1.6
+    image[ok] = albedo(points, normals) * np.clip(shade, 0, 1.2)
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8).reshape(cam["height"], cam["width"], 3)
+
+
+def write_light_stage(out: str | Path, model: FlameModel, shape: np.ndarray, gt_dir: str | Path) -> dict:
+    """Photos + calibration under `out` (photos/, calibration.json); the true mesh into gt_dir."""
+    out, gt_dir = Path(out), Path(gt_dir)
+    (out / "photos").mkdir(parents=True, exist_ok=True)
+    verts, faces = head_mesh(model, shape)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
+    cams = dome_cameras()
+    for cam in cams:
+        rgb = render_view(scene, verts, faces, cam)
+        cv2.imwrite(str(out / "photos" / cam["image"]), rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    calibration = {"units": "m", "convention": "OpenCV: x_cam = R · x_world + t; pixel centres at integers",
+                   "cameras": cams}
+    (out / "calibration.json").write_text(json.dumps(calibration, indent=1))
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
+    o3d.io.write_triangle_mesh(str(gt_dir / "head_mesh.ply"), mesh)
+    return {"shape": [float(x) for x in shape], "mesh": "head_mesh.ply", "views": len(cams)}
