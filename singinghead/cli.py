@@ -97,8 +97,26 @@ def _print_summary(summary: dict) -> None:
                            ", ".join(f"{k} {v}" for k, v in seg["outlier_frames"].items() if v) or "–",
                            f"{px['median']:.1f} / {px['p95']:.1f}" if px["median"] is not None else "–")
     console.print(motion)
+    light = summary["light_stage"]
+    if light["status"] == "ok":
+        report = files.read_json(next(u for u in light["scan"] if u.endswith("scan_report.json")))
+        shape = files.read_json(summary["subject_shape"])
+        fit = shape["scan_fit"]
+        scan = Table(title="light stage: scan and FLAME scan fit (the subject's final shape)")
+        for col in ("views (missing)", "scan points", "area m²", "holes", "landmarks (px residual)",
+                    "scan→FLAME mm (p50 / p95)", "files"):
+            scan.add_column(col)
+        lmk = report["landmarks"]
+        scan.add_row(f"{report['views']} ({', '.join(report['missing_views']) or '–'})", str(report["points"]),
+                     f"{report['surface_area_m2']:.3f}", str(report["holes"]),
+                     f"{lmk['landmarks_triangulated']} ({lmk['residual_px_median']:.1f})",
+                     f"{fit['scan_to_mesh_mm']['p50']:.2f} / {fit['scan_to_mesh_mm']['p95']:.2f}",
+                     "\n".join(Path(u).name for u in light["scan"] + light["fit"]))
+        console.print(scan)
+    elif light["status"] == "failed":
+        console.print(f"[red]light stage not used[/]: {light['problem']} (the subject keeps the monocular shape)")
     ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]) | set(summary["audio_submitted"])
-                 | set(summary["flame_submitted"]))
+                 | set(summary["flame_submitted"]) | set(summary["scan_submitted"]))
     console.print(f"takes processed this run: {', '.join(ran) if ran else 'none (everything was up to date)'}")
     console.print(f"ingest report: {summary['report']}")
     console.print(f"crop report:   {summary['crop_report']}")
@@ -111,6 +129,8 @@ def _print_summary(summary: dict) -> None:
     for take_id, urls in summary["motion"].items():
         if urls:
             console.print(f"motion of {take_id}:   {str(Path(urls[0]).parent)}/")
+    if light["scan"]:
+        console.print(f"light-stage scan: {str(Path(light['scan'][0]).parent)}/")
     if summary["subject_shape"]:
         console.print(f"subject shape: {summary['subject_shape']}")
     console.print(f"catalog: {summary['out']}/catalog")
@@ -118,20 +138,30 @@ def _print_summary(summary: dict) -> None:
 
 @app.command()
 def process(
-    session_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Capture session folder"),
+    session_dirs: list[Path] = typer.Argument(..., exists=True, file_okay=False,
+                                              help="Capture session folder(s); several are queued at once"),
     out: str = typer.Option(..., "--out", help="Output folder or fsspec URL (s3://bucket/prefix)"),
     dask_address: str | None = typer.Option(None, "--dask-address", help="Existing Dask scheduler"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
 ) -> None:
-    """Process a capture session (incremental: finished steps are skipped)."""
-    from singinghead.flows.process_session import run_process_session
+    """Process capture sessions (incremental: finished steps are skipped)."""
+    from singinghead.flows.process_session import run_process_session, run_process_sessions
 
-    with console.status(f"processing {session_dir}"):
-        summary = run_process_session(session_dir, out, dask_address=dask_address)
+    with console.status(f"processing {', '.join(str(s) for s in session_dirs)}"):
+        if len(session_dirs) == 1:
+            summaries = [run_process_session(session_dirs[0], out, dask_address=dask_address)]
+        else:
+            summaries = run_process_sessions(session_dirs, out, dask_address=dask_address)
     if as_json:
-        print(json.dumps(summary, indent=2))
-    else:
-        _print_summary(summary)
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+        return
+    for summary in summaries:
+        if summary.get("status") == "failed":
+            console.print(f"[red]{summary['session_dir']} failed[/]: {summary['problem']}")
+        else:
+            _print_summary(summary)
+    if any(s.get("status") == "failed" for s in summaries):
+        raise typer.Exit(1)
 
 
 @app.command()

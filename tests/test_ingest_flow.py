@@ -1,5 +1,6 @@
 """process_session under a real Prefect API, on a local Dask cluster of worker processes."""
 
+import json
 import shutil
 
 import numpy as np
@@ -69,6 +70,11 @@ def test_broken_takes_are_reported_and_others_finish(session_copy, tmp_path, pre
     take03 = dict(manifest["takes"][0], id="take03", video="takes/take03/kinect.mkv", mic="takes/take03/mic.wav")
     manifest["takes"].append(take03)
     (session_copy / "session.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    # and a light-stage calibration that names one camera twice
+    calib_path = session_copy / "light_stage/calibration.json"
+    calib = json.loads(calib_path.read_text())
+    calib["cameras"].append(calib["cameras"][0])
+    calib_path.write_text(json.dumps(calib))
 
     summary = run_process_session(session_copy, tmp_path / "out")
     assert summary["takes"] == {"take01": "ok", "take02": "failed", "take03": "failed"}
@@ -76,3 +82,9 @@ def test_broken_takes_are_reported_and_others_finish(session_copy, tmp_path, pre
     t2, t3 = report.takes[1], report.takes[2]
     assert len(t2.problems) == 1 and t2.problems[0].startswith("takes/take02/kinect.mkv: file is truncated")
     assert t3.problems[0].startswith("takes/take03/mic.wav: silent")
+    # The light stage is reported and the subject keeps the monocular shape; take01 still gets motion.
+    assert summary["light_stage"]["status"] == "failed"
+    assert "calibration.json: duplicate camera ids: cam00" in summary["light_stage"]["problem"]
+    shape = files.read_json(summary["subject_shape"])
+    assert shape["source"] == "monocular mean" and "duplicate camera ids" in shape["light_stage_problem"]
+    assert list(summary["motion"]) == ["take01"]

@@ -88,8 +88,10 @@ def _from_colmap(folder: Path) -> list[dict]:
             fx, fy, cx, cy, dist = _COLMAP_MODELS[model]([float(p) for p in params])
             cams[cid] = {"width": int(w), "height": int(h), "fx": fx, "fy": fy, "cx": cx - 0.5, "cy": cy - 0.5,
                          "distortion": list(dist)}
-    lines = [ln for ln in (folder / "images.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = [ln for ln in (folder / "images.txt").read_text().splitlines() if not ln.startswith("#")]
     for line in lines[::2]:  # every image line is followed by its (possibly empty) 2D points line
+        if not line.strip():
+            continue
         _, qw, qx, qy, qz, tx, ty, tz, cid, name = line.split()[:10]
         R = Rotation.from_quat([float(qx), float(qy), float(qz), float(qw)]).as_matrix()
         out.append({"id": Path(name).stem, "image": name, **cams[cid], "R": R.tolist(),

@@ -15,18 +15,22 @@ task at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from distributed import LocalCluster
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from singinghead.flows.runtime import prefect_api, task_runner
+from singinghead.flows.runtime import local_cluster_kwargs, prefect_api, submit_gpu, task_runner
 from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
+from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
 from singinghead.tasks import audio, crop, flame_fit, ingest, photogrammetry, scan_fit
@@ -192,8 +196,8 @@ def process_session(session_dir: str, out: str) -> dict:
             if done is not None:
                 light_stage = {"status": "ok", "refs": done}
             else:
-                scan_future = photogrammetry.scan_task.submit(str(root), manifest.session_id, manifest.light_stage,
-                                                              out)
+                scan_future = submit_gpu(photogrammetry.scan_task, str(root), manifest.session_id,
+                                         manifest.light_stage, out)
 
     results: dict[str, TakeIngest] = {}
     futures = {}
@@ -221,8 +225,8 @@ def process_session(session_dir: str, out: str) -> dict:
         if done is not None:
             crops[take.id] = {"status": "ok", "refs": done}
         else:
-            crop_futures[take.id] = crop.crop_take_task.submit(
-                str(root), manifest.session_id, take.id, take.video, video.sha256, out)
+            crop_futures[take.id] = submit_gpu(crop.crop_take_task, str(root), manifest.session_id, take.id,
+                                               take.video, video.sha256, out)
     crops.update(_collect("crop", crop_futures))
     # Audio: separation (cached per song), sync offsets, per-segment singing audio and BGM.
     audios: dict[str, dict] = {}
@@ -236,9 +240,9 @@ def process_session(session_dir: str, out: str) -> dict:
         if done is not None:
             audios[take.id] = {"status": "ok", "refs": done}
         else:
-            audio_futures[take.id] = audio.audio_take_task.submit(
-                str(root), manifest.session_id, take, raw["song"], raw["mic"], results[take.id].video.first_pts_s,
-                crops[take.id]["refs"], out)
+            audio_futures[take.id] = submit_gpu(
+                audio.audio_take_task, str(root), manifest.session_id, take, raw["song"], raw["mic"],
+                results[take.id].video.first_pts_s, crops[take.id]["refs"], out)
     audios.update(_collect("audio", audio_futures))
     # FLAME: monocular per-frame fits for all takes → the subject's shape → sequences per take.
     fits: dict[str, dict] = {}
@@ -250,9 +254,9 @@ def process_session(session_dir: str, out: str) -> dict:
         if done is not None:
             fits[take.id] = {"status": "ok", "refs": done}
         else:
-            fit_futures[take.id] = flame_fit.frame_fits_task.submit(
-                str(root), manifest.session_id, take.id, take.video, crops[take.id]["refs"], audios[take.id]["refs"],
-                out)
+            fit_futures[take.id] = submit_gpu(
+                flame_fit.frame_fits_task, str(root), manifest.session_id, take.id, take.video,
+                crops[take.id]["refs"], audios[take.id]["refs"], out)
     fits.update(_collect("flame frames", fit_futures))
     session_url = files.join(out, "sessions", manifest.session_id)
     frame_refs = [r for f in fits.values() if f["status"] == "ok" for r in f["refs"]]
@@ -274,8 +278,9 @@ def process_session(session_dir: str, out: str) -> dict:
             fit_refs = scan_fit.fit_done(out, light_stage["refs"], shape)
             if fit_refs is None:
                 fit_submitted = ["light stage"]
-                fitted = _collect("scan fit", {"light stage": scan_fit.fit_task.submit(
-                    manifest.session_id, light_stage["refs"], shape_info["shape"], out)})["light stage"]
+                future = submit_gpu(scan_fit.fit_task, manifest.session_id, light_stage["refs"],
+                                    shape_info["shape"], out)
+                fitted = _collect("scan fit", {"light stage": future})["light stage"]
                 fit_refs = fitted.get("refs")
                 if fit_refs is None:
                     light_stage = {"status": "failed", "problem": f"scan fit: {fitted['problem']}"}
@@ -294,9 +299,9 @@ def process_session(session_dir: str, out: str) -> dict:
             if done is not None:
                 motions[take_id] = {"status": "ok", "refs": done}
             else:
-                motion_futures[take_id] = flame_fit.sequences_task.submit(
-                    manifest.session_id, take_id, crops[take_id]["refs"], f["refs"], shape_info["shape"],
-                    shape_info["source"], out)
+                motion_futures[take_id] = submit_gpu(
+                    flame_fit.sequences_task, manifest.session_id, take_id, crops[take_id]["refs"], f["refs"],
+                    shape_info["shape"], shape_info["source"], out)
     motions.update(_collect("flame sequence", motion_futures))
     motion_reports = {take_id: flame_fit.read_motion_summary(m["refs"]) if m["status"] == "ok" else m
                       for take_id, m in motions.items()}
@@ -379,10 +384,34 @@ def process_session(session_dir: str, out: str) -> dict:
     }
 
 
-def run_process_session(session_dir: str | Path, out: str | Path, dask_address: str | None = None) -> dict:
+def _resolved(out: str | Path) -> str:
     out = str(out)
-    if files.is_local(out):
-        out = str(Path(out).resolve())
+    return str(Path(out).resolve()) if files.is_local(out) else out
+
+
+def run_process_session(session_dir: str | Path, out: str | Path, dask_address: str | None = None) -> dict:
     with prefect_api():
         flow_ = process_session.with_options(task_runner=task_runner(dask_address))
-        return flow_(str(session_dir), out)
+        return flow_(str(session_dir), _resolved(out))
+
+
+def run_process_sessions(session_dirs: list[str | Path], out: str | Path, dask_address: str | None = None
+                         ) -> list[dict]:
+    """Many sessions queued at once: one flow run per session, all started together and sharing
+    one Dask cluster (an existing scheduler, or one local cluster for the batch) and one Prefect
+    API, so the cluster's workers stay busy across sessions. A session whose flow fails is
+    returned as {"session_dir", "status": "failed", "problem"}; the others finish."""
+    out = _resolved(out)
+    with prefect_api(), contextlib.ExitStack() as stack:
+        address = dask_address or get_settings().dask_address
+        if not address:
+            address = stack.enter_context(LocalCluster(**local_cluster_kwargs())).scheduler_address
+
+        def one(session_dir) -> dict:
+            try:
+                return process_session.with_options(task_runner=task_runner(address))(str(session_dir), out)
+            except Exception as exc:  # a broken manifest, say: reported, the batch goes on
+                return {"session_dir": str(session_dir), "status": "failed", "problem": str(exc)}
+
+        with ThreadPoolExecutor(max_workers=max(1, len(session_dirs))) as pool:
+            return list(pool.map(one, session_dirs))

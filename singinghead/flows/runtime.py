@@ -11,6 +11,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+import dask
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.server.api.server import SubprocessASGIServer
@@ -61,7 +62,24 @@ def task_runner(dask_address: str | None = None) -> DaskTaskRunner:
     address = dask_address or settings.dask_address
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": settings.dask_workers, "threads_per_worker": settings.dask_threads_per_worker,
-        "processes": True, "dashboard_address": ":0",
-    })
+    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs())
+
+
+def local_cluster_kwargs() -> dict:
+    """The local cluster of worker processes used when no scheduler is given."""
+    settings = get_settings()
+    cluster = {"n_workers": settings.dask_workers, "threads_per_worker": settings.dask_threads_per_worker,
+               "processes": True, "dashboard_address": ":0"}
+    if settings.dask_gpu_resource:
+        cluster["resources"] = {"GPU": settings.local_gpus_per_worker}
+    return cluster
+
+
+def submit_gpu(task, *args):
+    """Submit a GPU-tagged task. Besides its Prefect tag (a tag concurrency limit `gpu` caps them
+    across the whole deployment), it asks Dask for one `GPU` resource when workers advertise
+    them (settings.dask_gpu_resource), so each worker runs at most as many as it has GPUs."""
+    if not get_settings().dask_gpu_resource:
+        return task.submit(*args)
+    with dask.annotate(resources={"GPU": 1}):
+        return task.submit(*args)

@@ -26,7 +26,8 @@ import soundfile as sf
 
 from singinghead.flame.model import load_flame
 from singinghead.flame.procedural import write_model
-from singinghead.samples import audio, light_stage, video
+from singinghead.samples import audio, video
+from singinghead.samples import light_stage as light_stage_sample
 from singinghead.schemas.manifest import (
     CaptureLog,
     LightStage,
@@ -89,9 +90,11 @@ def _take_audio(spec: dict, duration_s: float, rng: np.random.Generator):
 
 
 def build_sample_session(
-    out: str | Path, seed: int = 0, duration_s: float = 20.0, on_take: Callable[[str], None] | None = None
+    out: str | Path, seed: int = 0, duration_s: float = 20.0, on_take: Callable[[str], None] | None = None,
+    light_stage: bool = True,
 ) -> Path:
-    """Write the sample session into `out` (created) and return its path."""
+    """Write the sample session into `out` (created) and return its path (without the light
+    stage when `light_stage` is False: load tests queue many small sessions)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gt_dir = out / "ground_truth"
@@ -156,17 +159,20 @@ def build_sample_session(
         if on_take:
             on_take(spec["id"])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = load_flame(write_model(tmp))
-    true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
-    gt_light_stage = light_stage.write_light_stage(out / "light_stage", model, true_shape, gt_dir)
-    if on_take:
-        on_take("light stage")
+    gt_light_stage = None
+    if light_stage:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = load_flame(write_model(tmp))
+        true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
+        gt_light_stage = light_stage_sample.write_light_stage(out / "light_stage", model, true_shape, gt_dir)
+        if on_take:
+            on_take("light stage")
     manifest = SessionManifest(
         session_id=f"sample{seed:03d}",
         subject=Subject(id=f"astronaut{seed:03d}", level="professional", gender="female"),
         takes=takes,
-        light_stage=LightStage(photos="light_stage/photos", calibration="light_stage/calibration.json"),
+        light_stage=LightStage(photos="light_stage/photos", calibration="light_stage/calibration.json")
+        if light_stage else None,
     )
     write_manifest(manifest, out)
     calib = video.kinect_calibration()

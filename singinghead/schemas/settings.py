@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     #: Local Dask cluster size when no address is given.
     dask_workers: int = 2
     dask_threads_per_worker: int = 1
+    #: GPU-tagged tasks ask Dask for one `GPU` resource each, so a worker started with
+    #: `--resources GPU=n` runs at most n of them at once and CPU-only workers run none.
+    dask_gpu_resource: bool = False
+    #: `GPU` resource of each local-cluster worker when dask_gpu_resource is on.
+    local_gpus_per_worker: int = 1
     #: FLAME 2020/2023 `generic_model.pkl` folder (with landmark embedding and FLAME_masks.pkl).
     flame_dir: Path | None = None
     #: A wav2vec 2.0 checkpoint folder in transformers' format (config.json + weights), e.g.
