@@ -48,3 +48,15 @@ def test_raw_checksum_cache_follows_changes(tmp_path):
     assert cat.raw_checksum(raw)[0] == hashlib.sha256(b"one").hexdigest()
     raw.write_bytes(b"two!")
     assert cat.raw_checksum(raw) == (hashlib.sha256(b"two!").hexdigest(), 4)
+
+
+def test_errors_cross_process_boundaries_intact():
+    """Dask pickles a task's exception back to the flow: the file and the problem must survive."""
+    import pickle
+
+    from singinghead.schemas.errors import InputError, ManifestError, ReleaseError
+
+    for err in (InputError("takes/t1/mic.wav", "silent"), ManifestError("session.yaml", ["a", "b"]),
+                ReleaseError("rel/v1", "corrupt shard")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)

@@ -16,6 +16,7 @@ task at all.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -413,5 +414,8 @@ def run_process_sessions(session_dirs: list[str | Path], out: str | Path, dask_a
             except Exception as exc:  # a broken manifest, say: reported, the batch goes on
                 return {"session_dir": str(session_dir), "status": "failed", "problem": str(exc)}
 
+        # Each flow runs in its own thread, inside a copy of this context (Prefect's settings,
+        # e.g. the API URL chosen above, live in context variables that threads do not inherit).
         with ThreadPoolExecutor(max_workers=max(1, len(session_dirs))) as pool:
-            return list(pool.map(one, session_dirs))
+            futures = [pool.submit(contextvars.copy_context().run, one, s) for s in session_dirs]
+            return [f.result() for f in futures]

@@ -17,6 +17,13 @@ class InputError(SingingHeadError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # crosses process boundaries (Dask workers → flow) intact
+        return type(self), (self.path, self.problem)
+
+
+class OutputError(InputError):
+    """An output cannot be written (full disk, quota, read-only or forbidden location)."""
+
 
 class ManifestError(SingingHeadError):
     """A session manifest has one or more problems; each is reported on its own line."""
@@ -26,6 +33,9 @@ class ManifestError(SingingHeadError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{self.manifest_path}: {len(self.problems)} problem(s)\n{lines}")
+
+    def __reduce__(self):
+        return type(self), (self.manifest_path, self.problems)
 
 
 class AssetError(SingingHeadError):
@@ -39,3 +49,6 @@ class ReleaseError(SingingHeadError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)

@@ -16,7 +16,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import soundfile as sf
 from prefect import task
 from scipy import signal
@@ -99,19 +98,21 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
     out_dir = files.join(out, "sessions", session_id, "takes", take.id, STEP, key[:16])
 
     vocals_ref, accomp_ref = vocal_removal.separate_cached(root / take.song.file, song_sha256, out, ident["backend"])
-    song_vocals, song_sr = read_audio(vocals_ref.url, mono=True)
-    accomp, _ = read_audio(accomp_ref.url)
+    with files.local_path(vocals_ref.url) as vocals_path, files.local_path(accomp_ref.url) as accomp_path:
+        song_vocals, song_sr = read_audio(vocals_path, mono=True)
+        accomp, _ = read_audio(accomp_path)
     mic, mic_sr = read_audio(root / take.mic, mono=True)
 
     song_est = audio_sync.song_offset(mic, mic_sr, song_vocals, song_sr)
     mic_to_song, song_flag, song_src = choose(take.mic_to_song_s, song_est)
 
-    rows = pq.read_table(table_ref.url).to_pylist()
-    crop_dir = str(Path(table_ref.url).parent)
+    rows = files.read_parquet(table_ref.url).to_pylist()
+    crop_dir = table_ref.url.rsplit("/", 1)[0]
     refs: list[ArtifactRef] = []
     mouths = []
     for row in rows:
-        dense = dense_landmarks(files.join(crop_dir, row["video"]))
+        with files.local_path(files.join(crop_dir, row["video"])) as video:
+            dense = dense_landmarks(video)
         mouths.append((np.asarray(row["timestamps_s"]) - first_pts_s, dense.mouth_opening))
         url = files.join(out_dir, row["video"].replace(".mp4", "_landmarks.npz"))
         with files.atomic_output(url) as tmp:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -260,8 +261,9 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
 
 
 def encode_segment(video: str | Path, seg: Segment, timestamps: np.ndarray, out_path: str, p: CropParams,
-                   threads: int) -> None:
-    """ffmpeg: exact input seek to the segment's first frame, crop + scale, libx264."""
+                   threads: int, publish_as: str | None = None) -> None:
+    """ffmpeg: exact input seek to the segment's first frame, crop + scale, libx264. Errors name
+    the output (`publish_as`, where the temporary file will be published) and the input."""
     n = seg.last_good + 1 - seg.frame_start
     x0, y0, side = seg.box
     fps_step = float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 1 / 30
@@ -277,8 +279,11 @@ def encode_segment(video: str | Path, seg: Segment, timestamps: np.ndarray, out_
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SingingHeadError(f"{video}: ffmpeg failed on frames {seg.frame_start}–{seg.last_good}: "
-                               f"{proc.stderr.strip()[-500:]}")
+        why = proc.stderr.strip()[-500:] or (
+            f"ffmpeg was killed by {signal.Signals(-proc.returncode).name} ({signal.strsignal(-proc.returncode)})"
+            if proc.returncode < 0 else f"ffmpeg exited with {proc.returncode}")
+        raise SingingHeadError(f"{publish_as or out_path}: encoding frames {seg.frame_start}–{seg.last_good} of "
+                               f"{video} failed: {why}")
     with av.open(out_path) as c:
         got = sum(1 for pkt in c.demux(c.streams.video[0]) if pkt.size)
     if got != n:
@@ -319,7 +324,7 @@ def crop_take(video: str | Path, take_id: str, out_dir: str, p: CropParams) -> l
     def encode(i: int) -> ArtifactRef:
         url = files.join(out_dir, names[i])
         with files.atomic_output(url) as tmp:
-            encode_segment(video, kept[i], timestamps, tmp, p, threads)
+            encode_segment(video, kept[i], timestamps, tmp, p, threads, publish_as=url)
         return files.artifact_ref(url, kind="portrait_video", segment_index=i)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -293,7 +293,7 @@ def _by_segment(refs: list[ArtifactRef], kind: str) -> dict[int, ArtifactRef]:
 
 def _segment_rows(crop_refs: list[ArtifactRef]) -> tuple[list[dict], str]:
     table = next(r for r in crop_refs if r.meta.get("kind") == "segments")
-    return pq.read_table(table.url).to_pylist(), table.sha256
+    return files.read_parquet(table.url).to_pylist(), table.sha256
 
 
 def _frames_identity(out: str, crop_refs: list[ArtifactRef], audio_refs: list[ArtifactRef]) -> tuple[dict, dict]:
@@ -456,7 +456,7 @@ def _write_motion(url: str, row: dict, seq: SequenceFit, d: dict, error: np.ndar
 
 def read_motion(url: str) -> tuple[pa.Table, np.ndarray]:
     """A motion table and the subject shape stored in its metadata."""
-    table = pq.read_table(url)
+    table = files.read_parquet(url)
     return table, np.asarray(json.loads(table.schema.metadata[b"shape"]))
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import av
 import numpy as np
-import pyarrow.parquet as pq
 import soundfile as sf
 
 from singinghead.features.audio import bgm_mfcc_per_frame
@@ -85,7 +84,7 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
     """The 8 s windows of one processed segment (a `processed.json` entry), except ids in `skip`."""
     subject, session = index["subject"], index["session_id"]
     take = index["takes"][take_id]
-    table = pq.read_table(segment["motion"])
+    table = files.read_parquet(segment["motion"])
     shape = np.asarray(json.loads(table.schema.metadata[b"shape"]), dtype=np.float32)
     t = table.to_pydict()
     n = len(t["frame"]) // R.WINDOW_FRAMES

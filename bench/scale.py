@@ -1,0 +1,113 @@
+"""Scale-out: processing throughput with 1 and 2 Dask workers, and compute hours for the paper's data.
+
+Four small sample sessions (2 takes × 4 s of 4K MJPEG each, own seeds, no light stage) are
+queued at once (`run_process_sessions`) on a local cluster of 1 worker, then of 2 workers (fresh
+outputs each time). Throughput is takes per minute of wall time; the scaling efficiency is
+throughput₂ / (2 × throughput₁). The reference measured in the same run is the 1-worker cluster.
+
+Per-stage costs come from the Prefect task runs of the 1-worker run (their run times, summed
+per stage, divided by the seconds of video processed). They extrapolate to the SingingHead
+dataset (27 h of video in 448 recordings; SPEC §2.1) as CPU-core hours per stage. For a GPU
+worker the extrapolation divides each stage by an *assumed* speed-up (no GPU is available
+here to measure it; see GPU_SPEEDUP_ASSUMED: MTCNN/FLAME fitting/demucs move to the GPU, while
+MJPEG decoding, x264 encoding and dlib stay on the CPU, which bounds crop and audio). The light
+stage (once per subject, 76 subjects) is extrapolated from bench/scan.py's result when present.
+Last line: one JSON object, also in bench/results/scale.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_io import publish  # noqa: E402
+
+SESSIONS, SECONDS = 4, 4.0
+PAPER_VIDEO_HOURS, PAPER_RECORDINGS, PAPER_SUBJECTS = 27.0, 448, 76
+STAGES = {"ingest": "ingest-", "crop": "crop-", "audio": "audio-", "flame frames": "flame-frames-",
+          "flame sequence": "flame-sequence-"}
+GPU_SPEEDUP_ASSUMED = {"ingest": 1.0, "crop": 1.5, "audio": 2.0, "flame frames": 10.0, "flame sequence": 10.0,
+                       "light stage": 3.0}
+
+
+async def _task_seconds(flow_run_ids: list[str]) -> dict[str, float]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    out = defaultdict(float)
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
+    for run in runs:
+        for stage, prefix in STAGES.items():
+            if run.name.startswith(prefix):
+                out[stage] += run.total_run_time.total_seconds()
+    return dict(out)
+
+
+def _run(sessions: list[Path], out: Path, workers: int) -> tuple[float, list[dict]]:
+    from singinghead.flows.process_session import run_process_sessions
+
+    os.environ["SINGINGHEAD_DASK_WORKERS"] = str(workers)
+    t0 = time.perf_counter()
+    summaries = run_process_sessions(sessions, out)
+    wall = time.perf_counter() - t0
+    bad = [s for s in summaries if s.get("status") == "failed" or set(s["takes"].values()) != {"ok"}]
+    if bad:
+        raise RuntimeError(f"sessions failed: {bad}")
+    return wall, summaries
+
+
+def main() -> dict:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from singinghead.samples.session import build_sample_session
+
+    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=60):
+        tmp = Path(tmp)
+        sessions = [build_sample_session(tmp / f"s{i}", seed=200 + i, duration_s=SECONDS, light_stage=False)
+                    for i in range(SESSIONS)]
+        takes = 2 * SESSIONS
+        wall1, summaries1 = _run(sessions, tmp / "out1", 1)
+        wall2, _ = _run(sessions, tmp / "out2", 2)
+        stage_s = asyncio.run(_task_seconds([s["flow_run_id"] for s in summaries1]))
+
+    thr1, thr2 = takes / wall1 * 60, takes / wall2 * 60
+    video_s = takes * SECONDS
+    per_video_s = {stage: secs / video_s for stage, secs in stage_s.items()}
+    paper_video_s = PAPER_VIDEO_HOURS * 3600
+    cpu_hours = {stage: round(c * paper_video_s / 3600, 1) for stage, c in per_video_s.items()}
+    scan = Path(__file__).parent / "results" / "scan.json"
+    if scan.is_file():
+        cpu_hours["light stage"] = round(json.loads(scan.read_text())["total_s"] * PAPER_SUBJECTS / 3600, 1)
+    gpu_hours = {stage: round(h / GPU_SPEEDUP_ASSUMED[stage], 1) for stage, h in cpu_hours.items()}
+    return {
+        "name": "scale", "sessions": SESSIONS, "takes": takes, "seconds_per_take": SECONDS,
+        "wall_s_1_worker": round(wall1, 1), "wall_s_2_workers": round(wall2, 1),
+        "takes_per_min_1_worker": round(thr1, 2), "takes_per_min_2_workers": round(thr2, 2),
+        "efficiency": round(thr2 / (2 * thr1), 3),
+        "stage_seconds_per_video_second": {k: round(v, 3) for k, v in per_video_s.items()},
+        "paper_dataset": {"video_hours": PAPER_VIDEO_HOURS, "recordings": PAPER_RECORDINGS,
+                          "subjects": PAPER_SUBJECTS},
+        "extrapolated_cpu_core_hours": cpu_hours,
+        "extrapolated_cpu_core_hours_total": round(sum(cpu_hours.values()), 1),
+        "gpu_speedup_assumed": GPU_SPEEDUP_ASSUMED, "extrapolated_gpu_worker_hours": gpu_hours,
+        "extrapolated_gpu_worker_hours_total": round(sum(gpu_hours.values()), 1),
+        "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    publish(main())
