@@ -4,7 +4,6 @@ sample session's known head (its shape and mesh are ground truth)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -170,4 +169,3 @@ def test_too_few_views_is_an_error(session_copy):
         p.unlink()
     with pytest.raises(InputError, match="only 5 light-stage views usable"):
         load_rig(photos, session_copy / "light_stage/calibration.json")
-    shutil.rmtree(photos)

@@ -92,8 +92,7 @@ def albedo(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
     return np.clip(base * (1 - depth + depth * speckle), 0.0, 1.0)
 
 
-def render_view(scene: o3d.t.geometry.RaycastingScene, verts: np.ndarray, faces: np.ndarray, cam: dict
-                ) -> np.ndarray:
+def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict) -> np.ndarray:
     """One calibrated photo (uint8 RGB): rays through the distorted pixels, albedo × fixed lights."""
     K = np.array([[cam["fx"], 0, cam["cx"]], [0, cam["fy"], cam["cy"]], [0, 0, 1]])
     R, t = np.asarray(cam["R"]), np.asarray(cam["t"])
@@ -128,7 +127,7 @@ def write_light_stage(out: str | Path, model: FlameModel, shape: np.ndarray, gt_
     scene.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
     cams = dome_cameras()
     for cam in cams:
-        rgb = render_view(scene, verts, faces, cam)
+        rgb = render_view(scene, cam)
         cv2.imwrite(str(out / "photos" / cam["image"]), rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     calibration = {"units": "m", "convention": "OpenCV: x_cam = R · x_world + t; pixel centres at integers",
                    "cameras": cams}

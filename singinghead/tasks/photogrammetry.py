@@ -184,9 +184,7 @@ def reconstruct_scan(rig: LightStageRig, work: Path | None = None) -> Scan:
         raise InputError(rig.calibration, f"only {len(points)} points triangulated from the light-stage photos: "
                                           "check the calibration matches the photos")
     check_units(points, rig.calibration)
-    centres = np.stack([c.centre for c in rig.cameras])
-    viewing_centre = _viewing_centre(rig.cameras) if len(centres) else points.mean(axis=0)
-    points, vertices, triangles = mesh_points(points, viewing_centre)
+    points, vertices, triangles = mesh_points(points, _viewing_centre(rig.cameras))
     report.update({"points": int(len(points)), "dense": "patch-match" if pycolmap.has_cuda else "sparse SIFT (CPU)",
                    **mesh_report(vertices, triangles), "views": len(rig.cameras), "missing_views": rig.missing})
     return Scan(points, vertices, triangles, report)
