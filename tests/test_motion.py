@@ -44,7 +44,9 @@ def test_every_segment_has_59d_motion(processed_sample, segments):
         assert t["frame"] == list(range(len(motion)))
         assert len(motion) >= 90  # ≥ 3 s segments
     info = files.read_json(processed_sample["first"]["subject_shape"])
-    assert info["source"] == "monocular mean" and len(info["shape"]) == 100 and info["frames"] > 500
+    # the sample session has a light stage: its scan fit is the final shape, from the monocular mean
+    assert info["source"] == "light-stage scan fit" and len(info["shape"]) == 100 and info["frames"] > 500
+    assert len(info["monocular_shape"]) == 100
     np.testing.assert_allclose(segments[0][3], info["shape"])
 
 
