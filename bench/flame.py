@@ -25,7 +25,7 @@ from results_io import publish  # noqa: E402
 
 from singinghead.flame.layer import FlameLayer  # noqa: E402
 from singinghead.flame.model import load_flame  # noqa: E402
-from singinghead.flame.procedural import write_model  # noqa: E402
+from singinghead.flame.ict import write_model  # noqa: E402
 from singinghead.samples.motion import known_sequence  # noqa: E402
 from singinghead.schemas import motion as layout  # noqa: E402
 from singinghead.schemas.settings import get_settings  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> dict:
     head = seq.motion[:, layout.GLOBAL_ORIENT] + seq.motion[:, layout.NECK]
     return {
         "name": "flame",
-        "model": str(folder) if folder else "procedural",
+        "model": str(folder) if folder else "ICT head",
         "vertices": int(len(model.v_template)),
         "frames": FRAMES,
         "torch_threads": torch.get_num_threads(),

@@ -12,7 +12,7 @@ import torch
 from singinghead.flame.io import safe_load_pickle
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.flame.procedural import write_model
+from singinghead.flame.ict import write_model
 from singinghead.schemas.errors import AssetError
 
 

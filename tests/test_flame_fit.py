@@ -7,7 +7,7 @@ import torch
 from singinghead.flame.camera import portrait_camera, project, to_camera
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.flame.procedural import write_model
+from singinghead.flame.ict import write_model
 from singinghead.samples.motion import known_sequence
 from singinghead.schemas import motion as layout
 from singinghead.tasks.flame_fit import fit_frames, fit_sequence, replace_frame_outliers
@@ -47,9 +47,21 @@ def test_tracking_recovers_a_known_sequence(layer):
     assert np.abs(seq.motion[:, layout.JAW.start] - truth.motion[:, layout.JAW.start]).mean() < 0.02  # rad (≈ 1°)
     head = seq.motion[:, layout.GLOBAL_ORIENT] + seq.motion[:, layout.NECK]
     assert np.abs(head - truth.motion[:, layout.GLOBAL_ORIENT]).mean() < 0.01
-    # global vs neck: the even (minimum-norm) split of the head's rotation
-    np.testing.assert_allclose(seq.motion[:, layout.GLOBAL_ORIENT], seq.motion[:, layout.NECK], atol=0.02)
-    np.testing.assert_allclose(seq.translation, truth.translation, atol=0.01)  # metres
+    # global vs neck: a convention (landmarks see only their composition). The regulariser's minimum
+    # is the even split; the ICT head's neck joint sits at the skull base, 17 cm above the root, so
+    # the translation's smoothness term also has a say: the split is about even (the head turns by
+    # up to 0.2 rad here; all of it in one joint would be 0.1–0.2 rad off).
+    split = np.abs(seq.motion[:, layout.GLOBAL_ORIENT] - seq.motion[:, layout.NECK])
+    assert split.mean() < 0.04, split.mean(0)
+    # Where the head is: the 3D landmarks in camera space (the translation alone depends on the split).
+    def head_points(motion, translation):
+        m = torch.as_tensor(motion, dtype=torch.float32)
+        s = torch.as_tensor(truth.shape if motion is truth.motion else shape, dtype=torch.float32)
+        with torch.no_grad():
+            lmk = layer.landmarks(s[None].expand(len(m), -1), m[:, :50], m[:, 50:53], m[:, 53:56], m[:, 56:59])
+        return to_camera(lmk, torch.as_tensor(translation, dtype=torch.float32)).numpy()
+    depth_error = np.abs(head_points(seq.motion, seq.translation) - head_points(truth.motion, truth.translation))
+    assert depth_error[..., :2].max() < 0.003 and depth_error[..., 2].mean() < 0.01  # metres: x, y; depth at 0.6 m
     # Expression: 50 coefficients seen through 68 points in one view. Its time-varying effect on the
     # landmarks in the image plane is recovered (correlation > 0.85, relative error < 0.5); its
     # static part is indistinguishable from shape.
@@ -102,6 +114,11 @@ def test_a_wild_detection_is_a_boxplot_outlier_and_is_replaced(layer):
     frames = fit_frames(layer, observed, truth.K)
     cleaned, flags = replace_frame_outliers(frames)
     assert flags["translation"][30] and flags["translation"].sum() <= 3
-    interpolated = 0.5 * (frames.translation[29] + frames.translation[31])
-    np.testing.assert_allclose(cleaned.translation[30], interpolated)
-    np.testing.assert_allclose(cleaned.translation[30, :2], truth.translation[30, :2], atol=0.003)  # m
+    # the wild frame jumped by centimetres; cleaned, it continues its neighbours' path (the per-frame
+    # translation itself depends on the global/neck split, so it is compared with the fits around it)
+    assert np.linalg.norm(frames.translation[30] - frames.translation[29]) > 0.01
+    good = np.flatnonzero(~flags["translation"])
+    before, after = good[good < 30].max(), good[good > 30].min()
+    assert np.linalg.norm(cleaned.translation[30] - 0.5 * (frames.translation[before] + frames.translation[after])) < 0.002
+    # the syllable-rate jaw is motion, not error: nothing but the wild frame is replaced
+    assert set(np.flatnonzero(flags["jaw"] | flags["expression"])) <= {30}

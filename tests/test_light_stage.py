@@ -127,7 +127,7 @@ def test_scan_matches_the_true_head(scan_outputs, truth):
 def test_scan_landmarks_and_fitted_shape(scan_outputs, truth, processed_sample):
     with np.load(scan_outputs["scan_landmarks.npz"]) as d:
         landmarks, residual = d["landmarks"], d["residual_px"]
-    model = load_flame(Path(processed_sample["out"]) / "assets" / "flame-procedural")
+    model = load_flame(Path(processed_sample["out"]) / "assets" / "flame-ict")
     true_lmk = np.einsum("lc,lcx->lx", model.lmk_bary_coords, truth["vertices"][truth["faces"][model.lmk_faces_idx]])
     inner = np.linalg.norm(landmarks[17:] - true_lmk[17:], axis=1) * 1000
     assert np.isfinite(inner).all() and np.median(inner) < 10.0  # dlib on rendered photos: mm-level

@@ -70,7 +70,7 @@ def test_sphere_depth_matches_analytic():
 def test_flame_sequence_depth(tmp_path):
     from singinghead.flame.layer import FlameLayer
     from singinghead.flame.model import load_flame
-    from singinghead.flame.procedural import write_model
+    from singinghead.flame.ict import write_model
     from singinghead.trainer.render import render_depth_sequence
 
     layer = FlameLayer(load_flame(write_model(tmp_path)), dtype=torch.float64)

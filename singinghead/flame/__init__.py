@@ -1,1 +1,1 @@
-"""The FLAME head model: safe loading, a procedural stand-in, a torch layer."""
+"""The FLAME head model: safe loading, the ICT head as an open stand-in, a torch layer."""

@@ -93,3 +93,47 @@ def as_array(value: Any, dtype=np.float64) -> np.ndarray:
     if scipy.sparse.issparse(value):
         return np.asarray(value.todense(), dtype=dtype)
     return np.asarray(value, dtype=dtype)
+
+
+class _Ch:
+    """Written under chumpy's name (chumpy.ch.Ch) with chumpy's state layout (`x`)."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+
+    def __reduce__(self):
+        return (copyreg._reconstructor, (type(self), object, None), {"x": self.x})
+
+
+def write_flame_files(folder: str | Path, generic: dict, embedding: dict, masks: dict) -> Path:
+    """Write generic_model.pkl (shapedirs as a chumpy array, protocol 2, like the official file),
+    landmark_embedding.npy and FLAME_masks.pkl into `folder`, for heads the project makes."""
+    import sys
+    import types
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    generic = dict(generic, shapedirs=_Ch(generic["shapedirs"]))
+    # `_Ch` pickles as chumpy.ch.Ch without chumpy installed: a module of that name exists only
+    # while the file is written, so the pickle references exactly what the official one does.
+    saved = {name: sys.modules.get(name) for name in ("chumpy", "chumpy.ch")}
+    fake = types.ModuleType("chumpy.ch")
+    fake.Ch = _Ch
+    _Ch.__module__, _Ch.__qualname__, _Ch.__name__ = "chumpy.ch", "Ch", "Ch"
+    sys.modules["chumpy"], sys.modules["chumpy.ch"] = types.ModuleType("chumpy"), fake
+    try:
+        with open(folder / "generic_model.pkl", "wb") as fh:
+            pickle.dump(generic, fh, protocol=2)
+    finally:
+        _Ch.__module__, _Ch.__qualname__, _Ch.__name__ = __name__, "_Ch", "_Ch"
+        for name, mod in saved.items():
+            if mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = mod
+    emb = np.empty((), dtype=object)
+    emb[()] = embedding
+    np.save(folder / "landmark_embedding.npy", emb, allow_pickle=True)
+    with open(folder / "FLAME_masks.pkl", "wb") as fh:
+        pickle.dump(masks, fh, protocol=2)
+    return folder

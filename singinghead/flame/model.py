@@ -1,4 +1,4 @@
-"""The FLAME model as arrays: loaded safely from the official files (or the procedural ones)."""
+"""The FLAME model as arrays: loaded safely from the official files (or the ICT head written in their formats)."""
 
 from __future__ import annotations
 

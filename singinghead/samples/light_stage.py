@@ -1,6 +1,6 @@
 """A rendered light stage: 51 calibrated photos of a known head, for the scan tests and the demo.
 
-The head is the procedural FLAME model with a known shape (neutral expression and pose), so the
+The head is the stand-in FLAME model (the ICT head) with a known shape (neutral expression and pose), so the
 scan, its landmarks and the fitted shape can be checked against ground truth. Its albedo is a
 function of the surface point (the same in every view, as photogrammetry needs): the sample
 face photo projected from the front onto the face, over a fine speckle pattern of the kind
@@ -21,8 +21,7 @@ import open3d as o3d
 from scipy import ndimage
 
 from singinghead.flame.model import FlameModel
-from singinghead.flame.procedural import EYE_LINE_PX, EYE_Y, FRONTAL_FACE_PX, PX_TO_M
-from singinghead.samples.video import source_image
+from singinghead.samples.video import SOURCE_LANDMARKS, source_image
 
 #: Dome rings (elevation in degrees, number of cameras): 51 views around the head.
 RINGS = ((-30.0, 11), (-5.0, 14), (20.0, 13), (45.0, 9), (72.0, 4))
@@ -76,12 +75,18 @@ def _speckle(points: np.ndarray, seed: int = 7) -> np.ndarray:
     return 0.5 + 0.5 * np.tanh(1.5 * waves.sum(axis=1) / np.sqrt(48))
 
 
-def albedo(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+def photo_projection(landmarks_3d: np.ndarray) -> np.ndarray:
+    """2×3 similarity from the head's frontal plane (x, y in metres) to the face photo's pixels,
+    matching the head's 68 landmarks to the photo's (y flips: image rows go down)."""
+    src = (landmarks_3d[:, :2] * [1.0, -1.0]).astype(np.float32)
+    m, _ = cv2.estimateAffinePartial2D(src, SOURCE_LANDMARKS.astype(np.float32), method=cv2.LMEDS)
+    return m @ np.diag([1.0, -1.0, 1.0])
+
+
+def albedo(points: np.ndarray, normals: np.ndarray, projection: np.ndarray) -> np.ndarray:
     """RGB albedo in [0, 1] at surface points: face photo on the front, speckle everywhere."""
     photo = source_image().astype(np.float32) / 255.0
-    centre_x = 0.5 * (FRONTAL_FACE_PX[36:42, 0].mean() + FRONTAL_FACE_PX[42:48, 0].mean())
-    u = centre_x + points[:, 0] / PX_TO_M
-    v = EYE_LINE_PX - (points[:, 1] - EYE_Y) / PX_TO_M
+    u, v = (projection @ np.c_[points[:, :2], np.ones(len(points))].T)
     face = np.stack([ndimage.map_coordinates(photo[:, :, c], [v, u], order=1, mode="reflect") for c in range(3)],
                     axis=1)
     front = np.clip((normals[:, 2] - 0.2) / 0.5, 0.0, 1.0)[:, None]
@@ -92,7 +97,7 @@ def albedo(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
     return np.clip(base * (1 - depth + depth * speckle), 0.0, 1.0)
 
 
-def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict) -> np.ndarray:
+def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict, projection: np.ndarray) -> np.ndarray:
     """One calibrated photo (uint8 RGB): rays through the distorted pixels, albedo × fixed lights."""
     K = np.array([[cam["fx"], 0, cam["cx"]], [0, cam["fy"], cam["cy"]], [0, 0, 1]])
     R, t = np.asarray(cam["R"]), np.asarray(cam["t"])
@@ -114,7 +119,7 @@ def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict) -> np.ndarray:
     lights = np.array([[0.3, 0.5, 1.0], [-0.6, 0.2, 0.4], [0.0, -0.5, 0.6]])
     lights /= np.linalg.norm(lights, axis=1, keepdims=True)
     shade = 0.55 + 0.45 * np.clip(normals @ lights.T, 0, None).mean(axis=1, keepdims=True) * 1.6
-    image[ok] = albedo(points, normals) * np.clip(shade, 0, 1.2)
+    image[ok] = albedo(points, normals, projection) * np.clip(shade, 0, 1.2)
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8).reshape(cam["height"], cam["width"], 3)
 
 
@@ -123,11 +128,13 @@ def write_light_stage(out: str | Path, model: FlameModel, shape: np.ndarray, gt_
     out, gt_dir = Path(out), Path(gt_dir)
     (out / "photos").mkdir(parents=True, exist_ok=True)
     verts, faces = head_mesh(model, shape)
+    corners = faces[model.lmk_faces_idx]
+    projection = photo_projection(np.einsum("lcx,lc->lx", verts[corners], model.lmk_bary_coords))
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
     cams = dome_cameras()
     for cam in cams:
-        rgb = render_view(scene, cam)
+        rgb = render_view(scene, cam, projection)
         cv2.imwrite(str(out / "photos" / cam["image"]), rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     calibration = {"units": "m", "convention": "OpenCV: x_cam = R · x_world + t; pixel centres at integers",
                    "cameras": cams}

@@ -6,7 +6,7 @@ Deterministic from a seed, no network. Per take:
 - `takes/<id>/mic.wav`: the dry vocal, 48 kHz mono 24-bit, with a faint noise floor;
 - `songs/<id>.flac`: the "original song" = another voice singing the same melody + accompaniment.
 Per subject: `light_stage/photos/cam00..cam50.jpg` + `light_stage/calibration.json`, 51 views of
-the procedural FLAME head with a known shape (samples.light_stage).
+the stand-in FLAME head (ICT) with a known shape (samples.light_stage).
 
 Timelines (see schemas.manifest): mic time t = song time t + mic_to_song; video time t = mic
 time t + video_to_mic. The capture log in session.yaml states both; in take 2 the true
@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from singinghead.flame.model import load_flame
-from singinghead.flame.procedural import write_model
+from singinghead.flame.ict import write_model
 from singinghead.samples import audio, video
 from singinghead.samples import light_stage as light_stage_sample
 from singinghead.schemas.manifest import (
@@ -70,7 +70,7 @@ Everything here is known by construction (singinghead.samples); the pipeline nev
 - `landmarks` (N, 68, 2) dlib-convention 68 points on the canvas; `face_box` (N, 4) x0, y0, x1, y1
   = bounds of those landmarks.
 
-`ground_truth.json` → `light_stage`: the head's FLAME `shape` (100, procedural model of seed 0,
+`ground_truth.json` → `light_stage`: the head's FLAME `shape` (100, the packaged ICT head in FLAME's formats,
 neutral expression and pose, metres), `views`; `head_mesh.ply` is that head in the rig's frame.
 """
 

@@ -19,13 +19,23 @@ import cv2
 import numpy as np
 import skimage.data
 
-from singinghead.flame.procedural import FRONTAL_FACE_PX
 from singinghead.schemas.errors import SingingHeadError
 
 WIDTH, HEIGHT, FPS = 3840, 2160, 30
 SOURCE_ROWS = 330  # head and shoulders; lower rows hold a mission badge dlib mistakes for a face
 #: dlib's 68 landmarks on the astronaut photo (shape_predictor_68, detected once), source px.
-SOURCE_LANDMARKS = FRONTAL_FACE_PX
+SOURCE_LANDMARKS = np.array(
+    [[179, 104], [180, 116], [181, 127], [182, 139], [185, 150], [191, 160], [200, 168], [209, 176],
+     [220, 178], [232, 177], [243, 171], [253, 163], [260, 154], [265, 143], [268, 131], [270, 120],
+     [272, 108], [186, 94], [192, 88], [200, 87], [208, 89], [216, 92], [236, 93], [244, 91], [252, 91],
+     [260, 92], [265, 99], [226, 102], [225, 111], [225, 119], [225, 127], [214, 131], [219, 133],
+     [224, 134], [229, 133], [234, 132], [195, 101], [200, 98], [207, 98], [212, 104], [206, 104],
+     [199, 104], [237, 106], [243, 100], [250, 100], [255, 105], [250, 107], [244, 107], [201, 139],
+     [209, 139], [218, 139], [224, 141], [230, 140], [238, 140], [246, 141], [238, 151], [229, 155],
+     [222, 156], [216, 155], [208, 150], [204, 141], [218, 143], [223, 144], [230, 143], [243, 142],
+     [229, 150], [223, 151], [217, 150]],
+    dtype=np.float64,
+)
 FACE_CENTRE = np.array([224.0, 125.0])  # source px, between eyes and mouth
 LIP_LINE_Y = 146.5  # source px: rows below open with the jaw
 MOUTH_HALF_WIDTH = 22.0  # source px, lip corner to centre

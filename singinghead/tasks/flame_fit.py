@@ -13,10 +13,11 @@ the head moves: FLAME's global orientation and a translation per frame.
    orientation, neck, translation, expression and jaw over the sequence,
    L = Σ_t c_t·‖lmk − proj‖² + λs·Σ‖X_{t+1} − X_t‖² (global, neck, translation) + λf·(the same on
    expression and jaw) + λr·(‖θ_global‖² + ‖θ_neck‖²).
-   Global vs neck: landmarks only see the composition of the two rotations (their pivots are
-   2.5 cm apart, which the translation absorbs), so the split is decided by the regulariser:
-   with equal weights its minimum is the even split, and the optimisation starts there (each
-   gets half the per-frame head rotation). A documented convention, not recovered from data.
+   Global vs neck: landmarks only see the composition of the two rotations (a change of pivot
+   is absorbed by the translation), so the split is decided by the regularisers: with equal
+   weights the rotation term's minimum is the even split, and the optimisation starts there
+   (each gets half the per-frame head rotation); the translation's smoothness term shifts it a
+   little. A documented convention, not recovered from data.
 Output per segment: a Parquet table (schemas.motion.MOTION_SCHEMA) with the 59-d motion
 [expression 50 | global 3 | neck 3 | jaw 3] per frame, translation, camera, reprojection error,
 landmarks, eye closure and outlier flags.
@@ -44,13 +45,17 @@ from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.flame.camera import portrait_camera, project, to_camera
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.flame.procedural import write_model
+from singinghead.flame.ict import write_model
 from singinghead.schemas import motion as layout
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
 from singinghead.tasks.sequence_filters import boxplot_outliers, replace_outliers, smooth_landmarks
+
+
+OUTLIER_SCALE = 3.0  # Tukey's far-out fence on what jumps (sequence_filters)
+SHAPE_OUTLIER_SCALE = 1.5  # per-frame shapes of a subject: a population, the inner fence from its mean
 
 
 def _targets(lmk2d: np.ndarray, confidence: np.ndarray | None, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +130,7 @@ def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: 
                     trans.detach().numpy(), rms.numpy())
 
 
-def replace_frame_outliers(fit: FrameFit, scale: float = 1.5) -> tuple[FrameFit, dict[str, np.ndarray]]:
+def replace_frame_outliers(fit: FrameFit, scale: float = OUTLIER_SCALE) -> tuple[FrameFit, dict[str, np.ndarray]]:
     """Box-plot outlier replacement (SPEC §2.5) on each parameter group of the per-frame fits;
     frames without landmarks count as outliers of every group. Returns the cleaned fits and the
     per-group outlier masks."""
@@ -238,19 +243,18 @@ def undistort_portrait(lmk: np.ndarray, crop: tuple[int, int, int], size: int, K
 
 STEP_FRAMES = "flame_frames"
 STEP_SEQUENCE = "flame_sequence"
-VERSION = "2"
-OUTLIER_SCALE = 1.5
+VERSION = "3"  # 3: running-median box plot (s = 3), ICT head
 LANDMARK_FIDELITY = 1.0
 
 
 def flame_folder(out: str) -> Path:
-    """The FLAME files: SINGINGHEAD_FLAME_DIR, else the procedural stand-in, written once under
+    """The FLAME files: SINGINGHEAD_FLAME_DIR, else the ICT head in FLAME's formats, written once under
     the output's `assets/` (a local cache folder when the output is remote)."""
     configured = get_settings().flame_dir
     if configured:
         return Path(configured)
     base = Path(out) / "assets" if files.is_local(out) else Path(tempfile.gettempdir()) / "singinghead-assets"
-    folder = base / "flame-procedural"
+    folder = base / "flame-ict"
     if not (folder / "generic_model.pkl").is_file():
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=base, prefix=".flame-"))
@@ -345,7 +349,7 @@ def _frame_fit(data: dict[str, np.ndarray]) -> FrameFit:
     return FrameFit(**{f: data[f] for f in FrameFit.__dataclass_fields__})
 
 
-def subject_shape(frame_refs: list[ArtifactRef], scale: float = OUTLIER_SCALE) -> tuple[np.ndarray, int]:
+def subject_shape(frame_refs: list[ArtifactRef], scale: float = SHAPE_OUTLIER_SCALE) -> tuple[np.ndarray, int]:
     """The subject's shape: mean of the per-frame shapes of all its segments, without frames that
     had no landmarks or whose shape is a box-plot outlier. Returns (shape (100,), frames used)."""
     shapes, weights = [], []
@@ -357,7 +361,7 @@ def subject_shape(frame_refs: list[ArtifactRef], scale: float = OUTLIER_SCALE) -
     if not shapes or sum(len(s) for s in shapes) == 0:
         raise ValueError("no frame with landmarks to estimate the subject's shape from")
     all_shapes, w = np.concatenate(shapes), np.concatenate(weights)
-    keep = ~boxplot_outliers(all_shapes, scale)
+    keep = ~boxplot_outliers(all_shapes, scale, reference="mean")  # a population, not a time series
     return np.average(all_shapes[keep], axis=0, weights=np.maximum(w[keep], 1e-6)), int(keep.sum())
 
 

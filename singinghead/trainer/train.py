@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.flame.procedural import write_model
+from singinghead.flame.ict import write_model
 from singinghead.schemas.settings import get_settings
 from singinghead.trainer.data import ReleaseWindows
 from singinghead.trainer.losses import LossWeights, total_loss
@@ -63,7 +63,7 @@ class TrainConfig:
 
 def resolve_assets(run_dir: Path) -> tuple[Path, Path]:
     """(FLAME folder, wav2vec 2.0 folder): the settings', else stand-ins written into the run."""
-    flame = get_settings().flame_dir or run_dir / "assets" / "flame-procedural"
+    flame = get_settings().flame_dir or run_dir / "assets" / "flame-ict"
     if not (Path(flame) / "generic_model.pkl").is_file():
         write_model(flame)
     return Path(flame), wav2vec2_folder(run_dir / "assets" / "wav2vec2-tiny")
