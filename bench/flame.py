@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from results_io import publish  # noqa: E402
 
+from singinghead.flame.ict import write_model  # noqa: E402
 from singinghead.flame.layer import FlameLayer  # noqa: E402
 from singinghead.flame.model import load_flame  # noqa: E402
-from singinghead.flame.ict import write_model  # noqa: E402
 from singinghead.samples.motion import known_sequence  # noqa: E402
 from singinghead.schemas import motion as layout  # noqa: E402
 from singinghead.schemas.settings import get_settings  # noqa: E402

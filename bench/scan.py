@@ -28,9 +28,9 @@ import torch  # noqa: E402
 from results_io import publish  # noqa: E402
 
 from singinghead.capture_rigs.light_stage import load_rig  # noqa: E402
+from singinghead.flame.ict import write_model  # noqa: E402
 from singinghead.flame.layer import FlameLayer  # noqa: E402
 from singinghead.flame.model import load_flame  # noqa: E402
-from singinghead.flame.ict import write_model  # noqa: E402
 from singinghead.samples.light_stage import head_mesh, write_light_stage  # noqa: E402
 from singinghead.tasks import photogrammetry, scan_fit  # noqa: E402
 

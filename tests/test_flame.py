@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from singinghead.flame.ict import write_model
 from singinghead.flame.io import safe_load_pickle
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.flame.ict import write_model
 from singinghead.schemas.errors import AssetError
 
 

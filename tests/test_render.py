@@ -68,9 +68,9 @@ def test_sphere_depth_matches_analytic():
 
 
 def test_flame_sequence_depth(tmp_path):
+    from singinghead.flame.ict import write_model
     from singinghead.flame.layer import FlameLayer
     from singinghead.flame.model import load_flame
-    from singinghead.flame.ict import write_model
     from singinghead.trainer.render import render_depth_sequence
 
     layer = FlameLayer(load_flame(write_model(tmp_path)), dtype=torch.float64)

@@ -266,7 +266,8 @@ def _masks(v: np.ndarray, lmk: np.ndarray, face: np.ndarray) -> dict[str, np.nda
         "face": region(front),
         "lips": region(front & (np.hypot((v[:, 0] - mouth_c[0]) / half[0], (v[:, 1] - mouth_c[1]) / half[1]) < 1)),
         "forehead": region(front & (v[:, 1] > brow_y + 0.005) & (v[:, 1] < brow_y + 0.06)),
-        "eye_region": region(front & (np.abs(v[:, 1] - eyes_y) < 0.018) & (np.abs(v[:, 0]) < np.abs(lmk[[36, 45], 0]).max() + 0.01)),
+        "eye_region": region(front & (np.abs(v[:, 1] - eyes_y) < 0.018)
+                             & (np.abs(v[:, 0]) < np.abs(lmk[[36, 45], 0]).max() + 0.01)),
         "nose": region(front & (np.abs(v[:, 0]) < np.ptp(nose[:, 0]) / 2 + 0.005)
                        & (v[:, 1] < nose[:, 1].max()) & (v[:, 1] > nose[:, 1].min() - 0.005)),
         "neck": region(~face & (v[:, 1] < lmk[8, 1] - 0.01)),

@@ -87,8 +87,9 @@ def audio_markdown(session_id: str, reports: dict[str, dict]) -> str:
     header = ["take", "dry vocal → song (s)", "video → mic (s)", "separation", "flags"]
 
     def show(o: dict) -> str:
-        return (f"{o['offset_s']:.3f} measured (log {o['log_s']:.3f}, corr {o['correlation']:.2f}, "
-                f"peak ×{o['peak_ratio']:.1f}); used {o['used_s']:.3f} ({o['source']})")
+        lead = f"margin {o['margin']:.2f}" if "margin" in o else f"peak ×{o['peak_ratio']:.1f}"
+        return (f"{o['used_s']:.3f} used ({o['status']}: estimate {o['offset_s']:.3f}, corr {o['correlation']:.2f}, "
+                f"{lead}; log {o['log_s']:.3f})")
 
     rows = [
         [take_id, show(r["song_offset"]), show(r["video_offset"]), r["separation"]["backend"],

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from singinghead.flame.model import load_flame
 from singinghead.flame.ict import write_model
+from singinghead.flame.model import load_flame
 from singinghead.samples import audio, video
 from singinghead.samples import light_stage as light_stage_sample
 from singinghead.schemas.manifest import (

@@ -5,8 +5,10 @@ mic-vs-video offset are measured (tasks.audio_sync, the latter from dense landma
 portrait frame), and each portrait segment gets its dry vocal and BGM cut sample-accurately
 from its source timestamps, written as 16 kHz mono float WAV.
 
-Offsets used for cutting: the capture log's, unless a confident measurement disagrees with it by
-more than one video frame — then the measurement, and the take is flagged either way.
+Every offset ends `measured` (a confident estimate; it replaces the capture log's value when they
+disagree by more than one video frame, flagged) or `unverified` (no confident estimate: the log's
+value is used and the take is flagged, and the flag reaches the QA page and every window's
+`qa_flags` in the release manifest, so training can filter it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from singinghead.tasks import audio_sync, vocal_removal
 from singinghead.tasks.landmarks import dense_landmarks
 
 STEP = "audio"
-VERSION = "1"
+VERSION = "2"  # 2: every offset measured (confident) or unverified, dense landmarks per frame
 RELEASE_SR = 16_000
 FRAME_S = 1.0 / 30.0
 SILENT_DBFS = -50.0
@@ -77,10 +79,12 @@ def level_report(original: np.ndarray, release: np.ndarray) -> dict:
 
 
 def choose(log_s: float, est: audio_sync.OffsetEstimate) -> tuple[float, bool, str]:
-    """(offset to use, flagged?, which) — the log unless a confident measurement says otherwise."""
-    confident = np.isfinite(est.offset_s) and est.peak_ratio >= 1.5 and est.correlation > 0.1
-    disagree = confident and abs(est.offset_s - log_s) > FRAME_S
-    return (est.offset_s, True, "measured") if disagree else (log_s, False, "capture log")
+    """(offset to use, disagrees?, status): a confident measurement is `measured` (it replaces the
+    log when they disagree by more than a frame); anything else is `unverified` and the log is used."""
+    if not est.confident:
+        return log_s, False, "unverified"
+    disagree = abs(est.offset_s - log_s) > FRAME_S
+    return (est.offset_s if disagree else log_s), disagree, "measured"
 
 
 def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: str, mic_sha256: str,
@@ -142,16 +146,29 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
                                            segment_index=row["segment_index"]))
         segments.append(seg)
 
+    def offset_report(name: str, est: audio_sync.OffsetEstimate, log_s: float, used: float, disagree: bool,
+                      status: str) -> tuple[dict, list[str]]:
+        flags = []
+        if status == "unverified":
+            flags.append(f"{name} offset unverified (weak evidence: correlation {est.correlation:.2f}"
+                         + (", peak on the search border" if est.at_edge else "") + f"); the capture log's "
+                         f"{log_s:.3f} s is used")
+        elif disagree:
+            flags.append(f"{name} offset disagrees with the capture log: measured {est.offset_s:.3f} s, "
+                         f"log {log_s:.3f} s")
+        return ({**est.as_dict(), "log_s": log_s, "used_s": used, "status": status,
+                 "source": "measured" if disagree else "capture log", "flagged": bool(flags)}, flags)
+
+    song_report, song_flags = offset_report("song", song_est, take.mic_to_song_s, mic_to_song, song_flag, song_src)
+    video_report, video_flags = offset_report("video", video_est, take.video_to_mic_s, video_to_mic, video_flag,
+                                              video_src)
     report = {
         "take_id": take.id,
-        "song_offset": {**song_est.as_dict(), "log_s": take.mic_to_song_s, "used_s": mic_to_song,
-                        "source": song_src, "flagged": song_flag},
-        "video_offset": {**video_est.as_dict(), "log_s": take.video_to_mic_s, "used_s": video_to_mic,
-                         "source": video_src, "flagged": video_flag},
+        "song_offset": song_report,
+        "video_offset": video_report,
         "separation": {**ident, "vocals": vocals_ref.url, "accompaniment": accomp_ref.url},
         "segments": segments,
-        "flags": [f for f, on in (("song offset disagrees with the capture log", song_flag),
-                                  ("video offset disagrees with the capture log", video_flag)) if on]
+        "flags": song_flags + video_flags
         + sorted({f"segment {s['segment_index']}: singing {f}" for s in segments for f in s["singing"]["flags"]}),
     }
     rep = files.write_json_atomic(files.join(out_dir, "audio_report.json"), report)

@@ -11,7 +11,10 @@ Confidence = correlation at the peak and its ratio to the best lag more than 250
 (b) Mic vs video. The Kinect records no audio, so the check is audio-visual: the mouth opening
 from dense landmarks on every portrait frame against the dry vocal's loudness envelope, searched
 around the capture log's offset (±0.5 s, 1 ms steps, sub-frame by interpolating the envelope).
-A take is flagged when measurement and log disagree by more than one video frame.
+The estimate is `confident` only for a peak inside the search range with a correlation ≥ 0.4 and
+a lead ≥ 0.1 over every lag 200 ms or more away; otherwise the offset is *unverified* and the
+audio step uses the log and flags it. A confident measurement that disagrees with the log by
+more than one video frame replaces it, flagged as well.
 """
 
 from __future__ import annotations
@@ -21,15 +24,45 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal, stats
 
+#: What makes an audio-visual offset "measured": a real peak inside the search range whose
+#: correlation and lead over every lag ≥ 200 ms away are both clear. On real talking faces the
+#: mouth-opening vs loudness correlation is weak (0.2–0.3 over a few seconds) and its maximum can
+#: sit anywhere, so those takes end `unverified` rather than shifted by a wrong measurement.
+MIN_AV_CORRELATION = 0.4
+MIN_AV_MARGIN = 0.1
+
 
 @dataclass(frozen=True)
 class OffsetEstimate:
     offset_s: float
     correlation: float  # normalised correlation at the peak (−1..1)
-    peak_ratio: float  # peak over the best lag more than 250 ms away (≥ 1; higher = surer)
+    peak_ratio: float  # peak over the best lag more than 250 ms away (≥ 1 when the peak is positive; else 0)
+    margin: float = float("nan")  # peak minus the best correlation ≥ 200 ms away (audio–visual)
+    at_edge: bool = False  # the maximum lies on the search range's border: no peak was found
+
+    @property
+    def confident(self) -> bool:
+        if not np.isfinite(self.offset_s) or self.at_edge:
+            return False
+        if np.isfinite(self.margin):
+            return self.correlation >= MIN_AV_CORRELATION and self.margin >= MIN_AV_MARGIN
+        return self.peak_ratio >= 1.5 and self.correlation > 0.1
 
     def as_dict(self) -> dict:
-        return {"offset_s": self.offset_s, "correlation": self.correlation, "peak_ratio": self.peak_ratio}
+        out = {"offset_s": self.offset_s, "correlation": self.correlation, "peak_ratio": self.peak_ratio,
+               "confident": self.confident}
+        if np.isfinite(self.margin):
+            out.update(margin=self.margin, at_edge=self.at_edge)
+        return out
+
+
+def _peak_ratio(score: np.ndarray, k: int, far: np.ndarray) -> float:
+    """Peak over the best far lag; 0 when the peak itself is not positive (no evidence)."""
+    if not far.any():
+        return float("inf")
+    if score[k] <= 0:
+        return 0.0
+    return float(score[k] / max(score[far].max(), 1e-9))
 
 
 def onset_envelope(x: np.ndarray, sr: int, rate: int) -> np.ndarray:
@@ -85,7 +118,7 @@ def song_offset(vocal: np.ndarray, vocal_sr: int, song_vocals: np.ndarray, song_
         score = score[: int(max_offset_s * rate) + 1]
     coarse = int(np.argmax(score))
     far = np.abs(np.arange(len(score)) - coarse) > 0.25 * rate
-    ratio = float(score[coarse] / max(score[far].max(), 1e-9)) if far.any() else float("inf")
+    ratio = _peak_ratio(score, coarse, far)
 
     # Refine per note: onsets of the dry vocal matched to the song vocal's nearest onset (±60 ms)
     # at the coarse lag; the trimmed mean of their differences is the offset.
@@ -137,5 +170,7 @@ def video_offset(mouth_by_segment: list[tuple[np.ndarray, np.ndarray]], vocal: n
         denom = score[k - 1] - 2 * score[k] + score[k + 1]
         delta = 0.5 * (score[k - 1] - score[k + 1]) / denom if denom < 0 else 0.0
     far = np.abs(lags - lags[k]) > 0.25
-    ratio = float(score[k] / max(score[far].max(), 1e-9)) if far.any() else float("inf")
-    return OffsetEstimate(float(lags[k] + delta / rate), float(score[k]), ratio)
+    away = np.abs(lags - lags[k]) >= 0.2
+    margin = float(score[k] - score[away].max()) if away.any() else 0.0
+    at_edge = min(k, len(score) - 1 - k) < 2 * rate // 30  # within two frames of the border
+    return OffsetEstimate(float(lags[k] + delta / rate), float(score[k]), _peak_ratio(score, k, far), margin, at_edge)

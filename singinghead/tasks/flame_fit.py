@@ -43,16 +43,15 @@ from prefect import task
 
 from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.flame.camera import portrait_camera, project, to_camera
+from singinghead.flame.ict import write_model
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.flame.ict import write_model
 from singinghead.schemas import motion as layout
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
 from singinghead.tasks.sequence_filters import boxplot_outliers, replace_outliers, smooth_landmarks
-
 
 OUTLIER_SCALE = 3.0  # Tukey's far-out fence on what jumps (sequence_filters)
 SHAPE_OUTLIER_SCALE = 1.5  # per-frame shapes of a subject: a population, the inner fence from its mean
@@ -97,8 +96,8 @@ class FrameFit:
 
 
 def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: np.ndarray | None = None,
-               steps: int = 200, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-3,
-               expr_reg: float = 1e-3) -> FrameFit:
+               steps: int = 600, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-4,
+               expr_reg: float = 1e-4) -> FrameFit:
     """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact)."""
     dt = layer.p_template.dtype
     target, w = _targets(lmk2d, confidence, dt)
@@ -156,8 +155,8 @@ class SequenceFit:
 
 
 def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.ndarray, init: FrameFit,
-                 confidence: np.ndarray | None = None, steps: int = 100, lr: float = 0.01,
-                 w_smooth: float = 500.0, w_smooth_face: float = 5.0, w_reg: float = 50.0,
+                 confidence: np.ndarray | None = None, steps: int = 500, lr: float = 0.01,
+                 w_smooth: float = 500.0, w_smooth_face: float = 1.0, w_reg: float = 50.0,
                  trans_lr: float = 0.1, full_mesh: bool = False) -> SequenceFit:
     """Sequence reprojection optimisation with the subject's shape fixed (see module docstring).
 
@@ -243,7 +242,7 @@ def undistort_portrait(lmk: np.ndarray, crop: tuple[int, int, int], size: int, K
 
 STEP_FRAMES = "flame_frames"
 STEP_SEQUENCE = "flame_sequence"
-VERSION = "3"  # 3: running-median box plot (s = 3), ICT head
+VERSION = "4"  # 4: ICT head, box plot on what jumps, fits to < 4 px on real faces
 LANDMARK_FIDELITY = 1.0
 
 

@@ -22,9 +22,9 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from singinghead.flame.ict import write_model
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.flame.ict import write_model
 from singinghead.schemas.settings import get_settings
 from singinghead.trainer.data import ReleaseWindows
 from singinghead.trainer.losses import LossWeights, total_loss
