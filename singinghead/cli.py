@@ -28,13 +28,21 @@ def sample_session(
     out: Path = typer.Argument(..., help="Folder to write the session into"),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same session"),
     seconds: float = typer.Option(20.0, help="Length of each take"),
+    scan: Path = typer.Option(None, help="A real textured scan (OBJ with texture) for the light stage to "
+                                         "photograph instead of the stand-in head"),
+    scan_landmarks: Path = typer.Option(None, help="Its 68 3D landmarks (LJSON, iBUG groups)"),
+    scan_units: str = typer.Option("mm", help="Units of the scan: m, cm or mm"),
 ) -> None:
     """Build the embedded sample session (4K Kinect MKV, dry vocal, song, ground truth)."""
+    from singinghead.samples.real_scan import load_textured_scan
     from singinghead.samples.session import TAKES, build_sample_session
 
+    if (scan is None) != (scan_landmarks is None):
+        raise typer.BadParameter("--scan and --scan-landmarks go together")
+    real = load_textured_scan(scan, scan_landmarks, scan_units) if scan else None
     with _progress() as progress:
         job = progress.add_task("rendering sample session", total=len(TAKES) + 1)  # + the light stage
-        build_sample_session(out, seed=seed, duration_s=seconds,
+        build_sample_session(out, seed=seed, duration_s=seconds, scan=real,
                              on_take=lambda take_id: progress.advance(job))
     console.print(f"sample session written to [bold]{out}[/] (ground truth in {out / 'ground_truth'})")
 

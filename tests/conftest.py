@@ -29,19 +29,26 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_session(tmp_path_factory) -> Path:
-    """The full embedded sample session: 2 takes × 20 s of 4K MJPEG. Read-only for tests."""
+    """The full embedded sample session: 2 takes × 20 s of 4K MJPEG. Read-only for tests. Its light
+    stage photographs the real textured face scan of ../shared/data when it is there (the stand-in
+    head otherwise: a user's clone has no shared data)."""
+    from singinghead.samples.real_scan import load_textured_scan
     from singinghead.samples.session import GENERATOR_VERSION, build_sample_session
+
+    scan_dir = SHARED_DATA / "face_scan"
+    scan = load_textured_scan(scan_dir / "james.obj", scan_dir / "james.ljson", "mm") \
+        if (scan_dir / "james.obj").is_file() else None
 
     # Developers may keep one built session between runs (it is deterministic): set
     # SINGINGHEAD_TEST_SESSION_CACHE to a folder. CI builds it afresh.
     cache = os.environ.get("SINGINGHEAD_TEST_SESSION_CACHE")
     if cache:
-        session = Path(cache) / f"sample-v{GENERATOR_VERSION}"
+        session = Path(cache) / f"sample-v{GENERATOR_VERSION}{'-scan' if scan else ''}"
         if not (session / "ground_truth" / "README.md").is_file():
             shutil.rmtree(session, ignore_errors=True)
-            build_sample_session(session, seed=0)
+            build_sample_session(session, seed=0, scan=scan)
         return session
-    return build_sample_session(tmp_path_factory.mktemp("sample") / "session", seed=0)
+    return build_sample_session(tmp_path_factory.mktemp("sample") / "session", seed=0, scan=scan)
 
 
 @pytest.fixture()

@@ -1,5 +1,7 @@
 """Light stage: rig validation, photogrammetry, scan landmarks and the FLAME scan fit, against the
-sample session's known head (its shape and mesh are ground truth)."""
+surface the sample session's light stage photographed: the real textured face scan of
+../shared/data (in CI; its 68 landmarks are truth no model made, and no head model represents it
+exactly) or, without shared data, the stand-in head with a known shape."""
 
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from singinghead.tasks import photogrammetry, scan_fit
 def truth(sample_session) -> dict:
     gt = json.loads((sample_session / "ground_truth" / "ground_truth.json").read_text())["light_stage"]
     mesh = o3d.io.read_triangle_mesh(str(sample_session / "ground_truth" / gt["mesh"]))
-    return {"shape": np.asarray(gt["shape"]), "vertices": np.asarray(mesh.vertices),
-            "faces": np.asarray(mesh.triangles)}
+    return {"source": gt["source"], "vertices": np.asarray(mesh.vertices), "faces": np.asarray(mesh.triangles),
+            "landmarks": np.load(sample_session / "ground_truth" / gt["landmarks"]),
+            "samples": np.asarray(mesh.sample_points_uniformly(40000).points)}  # area-uniform
 
 
 @pytest.fixture(scope="module")
@@ -101,47 +104,58 @@ def test_scan_in_millimetres_is_detected(truth, tmp_path):
     photogrammetry.check_units(truth["vertices"], tmp_path / "scan.ply")  # metres pass
 
 
-def test_scan_matches_the_true_head(scan_outputs, truth):
-    """Chamfer both ways between the scan and the true surface (the bottom of the head, which
-    no camera sees, is left out of completeness)."""
+def _face_area(points: np.ndarray, landmarks: np.ndarray, radius_m: float = 0.03) -> np.ndarray:
+    """Points within 3 cm of a true landmark: the face, not hair, neck or clothes."""
+    return points[np.linalg.norm(points[:, None] - landmarks[None], axis=2).min(1) < radius_m]
+
+
+def test_scan_matches_the_true_surface(scan_outputs, truth):
+    """Chamfer both ways between the scan and the photographed surface, on the face area.
+    Tolerances: SIFT points triangulated from 51 calibrated 512×640 views at 1 m (≈ 0.5 mm a
+    pixel) land within a fraction of a pixel; the Poisson mesh smooths the face's sharp folds."""
     points = np.asarray(o3d.io.read_point_cloud(str(scan_outputs["scan_points.ply"])).points)
     mesh = o3d.io.read_triangle_mesh(str(scan_outputs["scan.ply"]))
     verts, tris = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-    accuracy = scan_fit.scan_distance(points, truth["vertices"], truth["faces"]) * 1000
-    assert len(points) > 5000
+    assert len(points) > 3000
+    accuracy = scan_fit.scan_distance(_face_area(points, truth["landmarks"]), truth["vertices"], truth["faces"]) * 1000
     assert np.median(accuracy) < 0.3 and np.percentile(accuracy, 95) < 1.0  # mm
-    mesh_accuracy = scan_fit.scan_distance(verts, truth["vertices"], truth["faces"]) * 1000
-    assert np.median(mesh_accuracy) < 0.5 and np.percentile(mesh_accuracy, 90) < 2.0
-    true_mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(truth["vertices"]),
-                                          o3d.utility.Vector3iVector(truth["faces"]))
-    samples = np.asarray(true_mesh.sample_points_uniformly(20000).points)  # area-uniform
-    seen = samples[samples[:, 1] > -0.08]
-    completeness = scan_fit.scan_distance(seen, verts, tris) * 1000
-    assert np.median(completeness) < 0.5 and np.percentile(completeness, 90) < 1.5
-    assert (completeness > 2.0).mean() < 0.12  # the crown, seen by few cameras, is the gap
+    mesh_accuracy = scan_fit.scan_distance(_face_area(verts, truth["landmarks"]), truth["vertices"], truth["faces"])
+    assert np.median(mesh_accuracy) * 1000 < 0.5 and np.percentile(mesh_accuracy, 90) * 1000 < 2.0
+    completeness = scan_fit.scan_distance(_face_area(truth["samples"], truth["landmarks"]), verts, tris) * 1000
+    assert np.median(completeness) < 0.5 and (completeness > 2.0).mean() < 0.05  # the face is covered
     report = json.loads(scan_outputs["scan_report.json"].read_text())
     assert report["views"] == 51 and report["missing_views"] == []
-    assert 0.05 < report["surface_area_m2"] < 0.2 and report["holes"] >= 1
+    assert 0.02 < report["surface_area_m2"] < 0.2 and report["holes"] >= 1
 
 
-def test_scan_landmarks_and_fitted_shape(scan_outputs, truth, processed_sample):
+def test_scan_landmarks_and_fitted_head(scan_outputs, truth, processed_sample, sample_session):
+    """Scan landmarks against the true ones, then the fitted head against the true surface.
+    Tolerances: dlib on rendered views triangulated over ~20 views is a few mm off on the inner
+    points (its jaw contour is a silhouette, not a surface point: left out); a linear head with
+    100 identity modes fitted directly to this real scan reaches a 2.8 mm landmark median and a
+    0.8 mm face-area median (bench/scan.py), so through photogrammetry: ≤ 4 mm and ≤ 1.5 mm."""
     with np.load(scan_outputs["scan_landmarks.npz"]) as d:
         landmarks, residual = d["landmarks"], d["residual_px"]
-    model = load_flame(Path(processed_sample["out"]) / "assets" / "flame-ict")
-    true_lmk = np.einsum("lc,lcx->lx", model.lmk_bary_coords, truth["vertices"][truth["faces"][model.lmk_faces_idx]])
-    inner = np.linalg.norm(landmarks[17:] - true_lmk[17:], axis=1) * 1000
-    assert np.isfinite(inner).all() and np.median(inner) < 10.0  # dlib on rendered photos: mm-level
+    inner = np.linalg.norm(landmarks[17:] - truth["landmarks"][17:], axis=1) * 1000
+    assert np.isfinite(inner).all() and np.median(inner) < 6.0, np.median(inner)
     assert np.nanmedian(residual) < 6.0  # px, 512×640 photos
 
     fit = json.loads(scan_outputs["scan_fit.json"].read_text())
     shape_info = json.loads((Path(processed_sample["out"]) / "sessions/sample000/subject_shape.json").read_text())
     assert shape_info["source"] == "light-stage scan fit" and shape_info["shape"] == fit["shape"]
-    fitted, _ = head_mesh(model, np.asarray(fit["shape"]))
-    start, _ = head_mesh(model, np.asarray(shape_info["monocular_shape"]))
-    error = np.linalg.norm(fitted - truth["vertices"], axis=1) * 1000
-    assert error.mean() < 1.5 and error[model.masks["face"]].mean() < 1.5  # mm; stated bounds
-    assert error.mean() < 0.5 * (np.linalg.norm(start - truth["vertices"], axis=1) * 1000).mean()
-    assert fit["report"]["scan_to_mesh_mm"]["p50"] < 1.0 and fit["scan"]["points"] > 5000
+    model = load_flame(Path(processed_sample["out"]) / "assets" / "flame-ict")
+    fitted = np.asarray(o3d.io.read_triangle_mesh(str(scan_outputs["fitted_flame.ply"])).vertices)
+    fitted_lmk = np.einsum("lc,lcx->lx", model.lmk_bary_coords, fitted[model.faces[model.lmk_faces_idx]])
+    lmk_error = np.linalg.norm(fitted_lmk[17:] - truth["landmarks"][17:], axis=1) * 1000
+    assert np.median(lmk_error) < 4.0, np.median(lmk_error)
+    face = scan_fit.face_area_distance(truth["samples"], fitted, model.faces, model.masks["face"],
+                                       truth["landmarks"]) * 1000
+    assert len(face) > 5000 and np.median(face) < 1.5 and np.percentile(face, 90) < 5.0, np.percentile(face, [50, 90])
+    if truth["source"] == "stand-in head":  # the model can represent it: the shape itself is recovered
+        true_shape = np.asarray(json.loads((sample_session / "ground_truth" / "ground_truth.json")
+                                           .read_text())["light_stage"]["shape"])
+        error = np.linalg.norm(head_mesh(model, np.asarray(fit["shape"]))[0] - head_mesh(model, true_shape)[0], axis=1)
+        assert error[model.masks["face"]].mean() * 1000 < 1.5
 
     # The motion sequences use the fitted shape.
     motion = next(Path(processed_sample["out"]).glob("sessions/sample000/takes/*/flame_sequence/*/*_motion.parquet"))

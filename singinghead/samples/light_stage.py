@@ -21,6 +21,7 @@ import open3d as o3d
 from scipy import ndimage
 
 from singinghead.flame.model import FlameModel
+from singinghead.samples.real_scan import TexturedScan, placed
 from singinghead.samples.video import SOURCE_LANDMARKS, source_image
 
 #: Dome rings (elevation in degrees, number of cameras): 51 views around the head.
@@ -97,7 +98,18 @@ def albedo(points: np.ndarray, normals: np.ndarray, projection: np.ndarray) -> n
     return np.clip(base * (1 - depth + depth * speckle), 0.0, 1.0)
 
 
-def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict, projection: np.ndarray) -> np.ndarray:
+def texture_albedo(scan: TexturedScan, triangle: np.ndarray, bary_uv: np.ndarray) -> np.ndarray:
+    """RGB albedo in [0, 1] from a scan's own texture at ray hits (triangle ids, open3d's (u, v))."""
+    w = np.stack([1.0 - bary_uv[:, 0] - bary_uv[:, 1], bary_uv[:, 0], bary_uv[:, 1]], axis=1)
+    uv = np.einsum("nc,ncx->nx", w, scan.triangle_uvs[triangle])
+    h, wd = scan.texture.shape[:2]
+    x, y = uv[:, 0] * wd - 0.5, uv[:, 1] * h - 0.5  # open3d gives v downwards (image rows)
+    tex = scan.texture.astype(np.float32) / 255.0
+    return np.stack([ndimage.map_coordinates(tex[:, :, c], [y, x], order=1, mode="reflect") for c in range(3)], 1)
+
+
+def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict, projection: np.ndarray | None,
+                scan: TexturedScan | None = None) -> np.ndarray:
     """One calibrated photo (uint8 RGB): rays through the distorted pixels, albedo × fixed lights."""
     K = np.array([[cam["fx"], 0, cam["cx"]], [0, cam["fy"], cam["cy"]], [0, 0, 1]])
     R, t = np.asarray(cam["R"]), np.asarray(cam["t"])
@@ -112,6 +124,8 @@ def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict, projection: np
     hit = scene.cast_rays(o3d.core.Tensor(rays))
     t_hit = hit["t_hit"].numpy()
     ok = np.isfinite(t_hit)
+    if scan is not None:  # an open face scan: its inside (seen from behind) is not part of the head
+        ok &= np.sum(hit["primitive_normals"].numpy() * dirs, axis=1) < 0
     image = np.tile(np.array([0.12, 0.12, 0.14]), (len(rays), 1))  # dark backdrop of the stage
     points = origin + dirs[ok] * t_hit[ok, None]
     normals = hit["primitive_normals"].numpy()[ok]
@@ -119,26 +133,45 @@ def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict, projection: np
     lights = np.array([[0.3, 0.5, 1.0], [-0.6, 0.2, 0.4], [0.0, -0.5, 0.6]])
     lights /= np.linalg.norm(lights, axis=1, keepdims=True)
     shade = 0.55 + 0.45 * np.clip(normals @ lights.T, 0, None).mean(axis=1, keepdims=True) * 1.6
-    image[ok] = albedo(points, normals, projection) * np.clip(shade, 0, 1.2)
+    if scan is not None:  # a real scan: its own texture (which already holds its capture's shading)
+        colour = texture_albedo(scan, hit["primitive_ids"].numpy()[ok], hit["primitive_uvs"].numpy()[ok])
+        image[ok] = colour * np.clip(0.75 + 0.25 * shade, 0, 1.2)
+    else:
+        image[ok] = albedo(points, normals, projection) * np.clip(shade, 0, 1.2)
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8).reshape(cam["height"], cam["width"], 3)
 
 
-def write_light_stage(out: str | Path, model: FlameModel, shape: np.ndarray, gt_dir: str | Path) -> dict:
-    """Photos + calibration under `out` (photos/, calibration.json); the true mesh into gt_dir."""
+SCAN_LANDMARK_CENTRE = np.array([0.0, -0.01, 0.06])  # where a real scan's landmarks sit in the rig (m)
+
+
+def write_light_stage(out: str | Path, model: FlameModel, shape: np.ndarray, gt_dir: str | Path,
+                      scan: TexturedScan | None = None) -> dict:
+    """Photos + calibration under `out` (photos/, calibration.json); the true mesh into gt_dir.
+
+    With `scan` (a real textured scan) the views show that scan with its own texture, placed in
+    the rig with its landmarks' centroid at SCAN_LANDMARK_CENTRE, and the truth is the scan and its
+    68 landmarks (which no head model represents exactly); without, the stand-in head of `shape`."""
     out, gt_dir = Path(out), Path(gt_dir)
     (out / "photos").mkdir(parents=True, exist_ok=True)
-    verts, faces = head_mesh(model, shape)
-    corners = faces[model.lmk_faces_idx]
-    projection = photo_projection(np.einsum("lcx,lc->lx", verts[corners], model.lmk_bary_coords))
+    if scan is not None:
+        scan = placed(scan, SCAN_LANDMARK_CENTRE)
+        verts, faces, landmarks, projection = scan.vertices, scan.triangles, scan.landmarks, None
+    else:
+        verts, faces = head_mesh(model, shape)
+        landmarks = np.einsum("lcx,lc->lx", verts[faces[model.lmk_faces_idx]], model.lmk_bary_coords)
+        projection = photo_projection(landmarks)
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
     cams = dome_cameras()
     for cam in cams:
-        rgb = render_view(scene, cam, projection)
+        rgb = render_view(scene, cam, projection, scan)
         cv2.imwrite(str(out / "photos" / cam["image"]), rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     calibration = {"units": "m", "convention": "OpenCV: x_cam = R · x_world + t; pixel centres at integers",
                    "cameras": cams}
     (out / "calibration.json").write_text(json.dumps(calibration, indent=1))
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
     o3d.io.write_triangle_mesh(str(gt_dir / "head_mesh.ply"), mesh)
-    return {"shape": [float(x) for x in shape], "mesh": "head_mesh.ply", "views": len(cams)}
+    np.save(gt_dir / "head_landmarks.npy", landmarks)
+    return {"source": "real scan" if scan is not None else "stand-in head",
+            "shape": None if scan is not None else [float(x) for x in shape], "mesh": "head_mesh.ply",
+            "landmarks": "head_landmarks.npy", "views": len(cams)}

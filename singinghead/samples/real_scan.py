@@ -29,7 +29,7 @@ UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 class TexturedScan:
     vertices: np.ndarray  # (V, 3) metres
     triangles: np.ndarray  # (F, 3)
-    triangle_uvs: np.ndarray  # (F, 3, 2) texture coordinates, OpenGL convention (v up)
+    triangle_uvs: np.ndarray  # (F, 3, 2) texture coordinates as open3d reads them (v down the image)
     texture: np.ndarray  # (H, W, 3) uint8 RGB
     landmarks: np.ndarray  # (68, 3) metres, dlib order
 

@@ -28,6 +28,7 @@ from singinghead.flame.ict import write_model
 from singinghead.flame.model import load_flame
 from singinghead.samples import audio, video
 from singinghead.samples import light_stage as light_stage_sample
+from singinghead.samples.real_scan import TexturedScan
 from singinghead.schemas.manifest import (
     CaptureLog,
     LightStage,
@@ -39,7 +40,7 @@ from singinghead.schemas.manifest import (
 )
 from singinghead.storage.assets import ffmpeg_exe
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 MIC_SR, SONG_SR = 48_000, 44_100
 
 #: Per take: song metadata, leans [(s, Δx px)], log offsets, and the log's error on video→mic.
@@ -70,8 +71,10 @@ Everything here is known by construction (singinghead.samples); the pipeline nev
 - `landmarks` (N, 68, 2) dlib-convention 68 points on the canvas; `face_box` (N, 4) x0, y0, x1, y1
   = bounds of those landmarks.
 
-`ground_truth.json` → `light_stage`: the head's FLAME `shape` (100, the packaged ICT head in FLAME's formats,
-neutral expression and pose, metres), `views`; `head_mesh.ply` is that head in the rig's frame.
+`ground_truth.json` → `light_stage`: `source` ("stand-in head" or "real scan"), the head's FLAME
+`shape` (100, the packaged ICT head in FLAME's formats, neutral expression and pose; null for a
+real scan, which no model represents exactly), `views`; `head_mesh.ply` is the photographed
+surface in the rig's frame (metres) and `head_landmarks.npy` its 68 landmarks (dlib order).
 """
 
 
@@ -91,10 +94,12 @@ def _take_audio(spec: dict, duration_s: float, rng: np.random.Generator):
 
 def build_sample_session(
     out: str | Path, seed: int = 0, duration_s: float = 20.0, on_take: Callable[[str], None] | None = None,
-    light_stage: bool = True,
+    light_stage: bool = True, scan: TexturedScan | None = None,
 ) -> Path:
     """Write the sample session into `out` (created) and return its path (without the light
-    stage when `light_stage` is False: load tests queue many small sessions)."""
+    stage when `light_stage` is False: load tests queue many small sessions). With `scan` (a real
+    textured scan, samples.real_scan) the light stage photographs that scan instead of the
+    stand-in head with a known shape."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gt_dir = out / "ground_truth"
@@ -164,7 +169,7 @@ def build_sample_session(
         with tempfile.TemporaryDirectory() as tmp:
             model = load_flame(write_model(tmp))
         true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
-        gt_light_stage = light_stage_sample.write_light_stage(out / "light_stage", model, true_shape, gt_dir)
+        gt_light_stage = light_stage_sample.write_light_stage(out / "light_stage", model, true_shape, gt_dir, scan)
         if on_take:
             on_take("light stage")
     manifest = SessionManifest(

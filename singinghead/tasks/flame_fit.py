@@ -54,6 +54,9 @@ from singinghead.storage.catalog import Catalog, cache_key
 from singinghead.tasks.sequence_filters import boxplot_outliers, replace_outliers, smooth_landmarks
 
 OUTLIER_SCALE = 3.0  # Tukey's far-out fence on what jumps (sequence_filters)
+#: The smallest frame-to-frame jump that can be an outlier, per group (units: the parameters'):
+#: a fit's noise is far below these, a tracking failure far above.
+MIN_JUMP = {"shape": 0.5, "expression": 0.5, "pose": 0.03, "jaw": 0.03, "translation": 0.005}
 SHAPE_OUTLIER_SCALE = 1.5  # per-frame shapes of a subject: a population, the inner fence from its mean
 
 
@@ -96,7 +99,7 @@ class FrameFit:
 
 
 def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: np.ndarray | None = None,
-               steps: int = 600, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-4,
+               steps: int = 1000, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-4,
                expr_reg: float = 1e-4) -> FrameFit:
     """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact)."""
     dt = layer.p_template.dtype
@@ -139,7 +142,7 @@ def replace_frame_outliers(fit: FrameFit, scale: float = OUTLIER_SCALE) -> tuple
     flags, cleaned = {}, {}
     for name, values in fit.groups().items():
         mask = missing.copy()
-        mask[~missing] = boxplot_outliers(values[~missing], scale)
+        mask[~missing] = boxplot_outliers(values[~missing], scale, min_jump=MIN_JUMP[name])
         flags[name] = mask
         cleaned[name] = replace_outliers(values, mask)
     fixed = FrameFit(cleaned["shape"], cleaned["expression"], cleaned["pose"], cleaned["jaw"],
@@ -242,8 +245,8 @@ def undistort_portrait(lmk: np.ndarray, crop: tuple[int, int, int], size: int, K
 
 STEP_FRAMES = "flame_frames"
 STEP_SEQUENCE = "flame_sequence"
-VERSION = "4"  # 4: ICT head, box plot on what jumps, fits to < 4 px on real faces
-LANDMARK_FIDELITY = 1.0
+VERSION = "5"  # 5: ICT head, box plot on what jumps, fits to < 4 px on real faces
+LANDMARK_FIDELITY = 3.0  # keeps motion up to ≈ 10 Hz (syllables), removes frame-to-frame detector jitter
 
 
 def flame_folder(out: str) -> Path:

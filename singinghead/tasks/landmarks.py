@@ -81,7 +81,14 @@ def find_face(analyser, image: np.ndarray, last: np.ndarray | None, min_score: f
         if len(ok):
             areas = (boxes[ok, 2] - boxes[ok, 0]) * (boxes[ok, 3] - boxes[ok, 1])
             i = ok[int(np.argmax(areas))]
-            return boxes[i] + [x0, y0, x0, y0], float(probs[i])
+            box = boxes[i] + [x0, y0, x0, y0]
+            # A face cut by the window's border (it moved fast) gets a truncated box: look again
+            # over the whole image. The image's own border does not count.
+            margin = 0.02 * side
+            cut = ((box[0] < x0 + margin and x0 > 0) or (box[1] < y0 + margin and y0 > 0)
+                   or (box[2] > x1 - margin and x1 < w) or (box[3] > y1 - margin and y1 < h))
+            if not cut:
+                return box, float(probs[i])
     boxes, probs = analyser.detect(image)
     i = choose_face(boxes, probs, w, h, min_score)
     return None if i is None else (boxes[i], float(probs[i]))

@@ -90,6 +90,23 @@ def scan_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -
     return scene.compute_distance(o3d.core.Tensor(points.astype(np.float32))).numpy().astype(np.float64)
 
 
+def face_area_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, face_vertices: np.ndarray,
+                       landmarks: np.ndarray | None = None, radius_m: float = 0.03) -> np.ndarray:
+    """Distance (metres) to a fitted head of the scan points that fall on its face area: the
+    closest point lies on a triangle of the model's face mask and, when `landmarks` (the scan's,
+    (68, 3)) are given, the point is within `radius_m` of one of them (hair, neck and clothes,
+    which no face model holds, stay out)."""
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
+    hit = scene.compute_closest_points(o3d.core.Tensor(points.astype(np.float32)))
+    on_face = np.isin(faces[hit["primitive_ids"].numpy()], face_vertices).all(axis=1)
+    if landmarks is not None:
+        ok = np.isfinite(landmarks).all(1)
+        near = np.linalg.norm(points[:, None] - landmarks[None, ok], axis=2).min(1) < radius_m
+        on_face &= near
+    return np.linalg.norm(points - hit["points"].numpy(), axis=1)[on_face]
+
+
 def fit_scan(layer: FlameLayer, scan_points: np.ndarray, scan_landmarks: np.ndarray, init_shape: np.ndarray | None,
              metric: bool = True, steps: int = 300, voxel_m: float = 0.004, sigma_m: float = 0.01,
              landmark_weight: float = 0.05, shape_reg: float = 1e-4, expr_reg: float = 1e-2, jaw_reg: float = 1.0,
