@@ -102,3 +102,56 @@ def test_vertex_subset_equals_full_mesh(model):
     subset = torch.as_tensor(model.masks["lips"])
     part = layer.vertices(shape, expr, glob, neck, jaw, subset)
     assert (part - full[:, subset]).abs().max() < 1e-9
+
+
+# --- the ICT head (the stand-in when SINGINGHEAD_FLAME_DIR is unset) -------------------------------
+
+def test_ict_head_ships_small_with_its_licence():
+    from singinghead.flame import ict
+
+    assert ict.PACKAGED.stat().st_size < 5 * 2**20
+    assert "MIT" in (ict.PACKAGED.parent / "LICENSE.ICT-FaceKit.txt").read_text()
+    report = ict.report()
+    assert report["identity_modes"] == 100 and report["expression_directions"] == 50
+    assert report["expression_variance_kept"] > 0.99
+
+
+def test_ict_jaw_reproduces_jaw_open_and_blinks_close_the_eyes(shared_data, model):
+    """Against ICT's own shapes (not the converter's output): the fitted hinge at its full angle
+    gives jawOpen's landmarks, and expression directions 0/1 close the left/right lid."""
+    from singinghead.flame import ict
+
+    source = ict.read_ict(shared_data / "ict_facekit" / "ict_face_light.npz")
+    names = source["expression_names"]
+    true_open = (source["neutral"] + source["expression"][names.index("jawOpen")])[source["landmarks_68"]] * 0.01
+    layer = FlameLayer(model, dtype=torch.float64)
+    z = lambda n: torch.zeros(1, n, dtype=torch.float64)  # noqa: E731
+    angle = np.deg2rad(ict.report()["jaw"]["angle_deg"])
+    _, opened = layer(z(100), z(50), z(3), z(3), torch.tensor([[angle, 0.0, 0.0]], dtype=torch.float64))
+    # within a millimetre (the decimated surface and float16 storage; the lips open by 4 cm)
+    assert np.linalg.norm(opened[0].numpy() - true_open, axis=1).max() < 1e-3
+
+    from singinghead.tasks.landmarks import eye_aspect_ratio
+
+    def ear(expression):
+        lmk = layer.landmarks(z(100), expression, z(3), z(3), z(3))[0].numpy()
+        front = lmk[:, [0, 1]]  # seen from the front
+        return eye_aspect_ratio(front[36:42]), eye_aspect_ratio(front[42:48])
+
+    open_r, open_l = ear(z(50))
+    blink_l, blink_r = z(50), z(50)
+    blink_l[0, 0], blink_r[0, 1] = 1.0, 1.0
+    closed = ear(blink_l), ear(blink_r)
+    assert closed[0][1] < 0.3 * open_l and closed[0][0] > 0.9 * open_r  # eyeBlink_L: the subject's left (image right)
+    assert closed[1][0] < 0.3 * open_r and closed[1][1] > 0.9 * open_l
+
+
+def test_ict_converter_rebuilds_the_shipped_head(shared_data, tmp_path):
+    from singinghead.flame import ict
+
+    rebuilt = ict.convert(ict.read_ict(shared_data / "ict_facekit" / "ict_face_light.npz"))
+    shipped = ict.load_compact()
+    assert set(rebuilt) == set(shipped)
+    for key in ("faces", "lmk_faces_idx"):
+        np.testing.assert_array_equal(rebuilt[key], shipped[key])
+    np.testing.assert_allclose(rebuilt["shapedirs_mm"].astype(float), shipped["shapedirs_mm"].astype(float), atol=0.01)

@@ -89,14 +89,26 @@ class Segment:
 DLIB_BOX_FROM_MTCNN = {"dx": 0.0, "dy": 0.045, "width": 1.08, "height": 0.78}
 
 
-def dlib_box(mtcnn_box: np.ndarray) -> np.ndarray:
-    """The box dlib's predictor expects for a face MTCNN found (x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = np.asarray(mtcnn_box, dtype=np.float64)[:4]
+#: The same box from dlib's own 68 points (their bounds; measured likewise: centre x kept, centre
+#: 10.3 % of their height higher, 1.10 × their width, 1.02 × their height).
+DLIB_BOX_FROM_LANDMARKS = {"dx": 0.0, "dy": -0.103, "width": 1.10, "height": 1.02}
+
+
+def _scaled_box(x0: float, y0: float, x1: float, y1: float, m: dict) -> np.ndarray:
     w, h = x1 - x0, y1 - y0
-    m = DLIB_BOX_FROM_MTCNN
     cx, cy = (x0 + x1) / 2 + m["dx"] * w, (y0 + y1) / 2 + m["dy"] * h
     hw, hh = m["width"] * w / 2, m["height"] * h / 2
     return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
+
+
+def dlib_box(mtcnn_box: np.ndarray) -> np.ndarray:
+    """The box dlib's predictor expects for a face MTCNN found (x0, y0, x1, y1)."""
+    return _scaled_box(*np.asarray(mtcnn_box, dtype=np.float64)[:4], DLIB_BOX_FROM_MTCNN)
+
+
+def dlib_box_of_landmarks(lmk: np.ndarray) -> np.ndarray:
+    """The box dlib's predictor expects for a face whose 68 points are `lmk`."""
+    return _scaled_box(*lmk.min(axis=0), *lmk.max(axis=0), DLIB_BOX_FROM_LANDMARKS)
 
 
 class FaceAnalyser:
@@ -129,9 +141,14 @@ class FaceAnalyser:
         return np.asarray(boxes, dtype=np.float64) / scale, np.asarray(probs, dtype=np.float64)
 
     def landmarks(self, rgb: np.ndarray, mtcnn_box: np.ndarray) -> np.ndarray:
-        """dlib's 68 points (x, y) for a face MTCNN found, in the box convention dlib was trained on."""
-        rect = self._dlib.rectangle(*(int(round(v)) for v in dlib_box(mtcnn_box)))
-        shape = self.predictor(rgb, rect)
+        """dlib's 68 points (x, y) for a face MTCNN found, in the box convention dlib was trained on;
+        then once more in the box those points imply (on this frame only: an odd MTCNN box, e.g.
+        one that takes in the hair, is corrected; a good one gives the same points)."""
+        lmk = self._predict(rgb, dlib_box(mtcnn_box))
+        return self._predict(rgb, dlib_box_of_landmarks(lmk))
+
+    def _predict(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        shape = self.predictor(rgb, self._dlib.rectangle(*(int(round(v)) for v in box)))
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 
