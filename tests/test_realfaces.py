@@ -25,7 +25,7 @@ def real_takes(shared_data, tmp_path_factory, prefect_harness) -> dict[str, dict
 
     tmp = tmp_path_factory.mktemp("realfaces")
     sessions = [build_realface_session(shared_data / "talking_face" / f"{c}.mp4", tmp / c, video_to_mic=0.3,
-                                       log_video_to_mic=0.3 if i == 0 else 0.0, seed=i, passes=2)
+                                       log_video_to_mic=0.3 if i == 0 else 0.0, seed=i)
                 for i, c in enumerate(CLIPS)]
     run_process_sessions(sessions, tmp / "out")
     scores = {}
