@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 
 from singinghead.samples import audio, video
-from singinghead.schemas.errors import InputError, SingingHeadError
+from singinghead.schemas.errors import InputError
 from singinghead.schemas.manifest import CaptureLog, SessionManifest, Song, Subject, Take, write_manifest
 from singinghead.storage.assets import dlib_landmark_model, ffmpeg_exe
 
@@ -185,38 +185,17 @@ def build_realface_session(clip: str | Path, out: str | Path, video_to_mic: floa
 
 
 def _write_mkv(path: Path, frames: list[np.ndarray], which: np.ndarray, affine: np.ndarray, seed: int) -> None:
-    """The moved clip frames over the studio wall, piped once into ffmpeg as Kinect MJPEG Matroska."""
-    calib = path.parent / "calibration.json"
-    calib.write_text(json.dumps(video.kinect_calibration(), indent=2))
-    cmd = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{video.WIDTH}x{video.HEIGHT}", "-r", str(video.FPS), "-i", "-",
-        "-attach", str(calib), "-fflags", "+bitexact", "-flags:v", "+bitexact",
-        "-c:v", "mjpeg", "-q:v", "6", "-pix_fmt", "yuvj422p", "-threads", "2",
-        "-metadata", "title=Azure Kinect", "-metadata", "K4A_START_OFFSET_NS=200000000",
-        "-metadata", "K4A_WIRED_SYNC_MODE=STANDALONE", "-metadata", "K4A_DEVICE_SERIAL_NUMBER=000000000000",
-        "-metadata:s:v:0", "title=COLOR", "-metadata:s:v:0", f"K4A_COLOR_TRACK={10**17 + seed * 7919 + 3}",
-        "-metadata:s:v:0", "K4A_COLOR_MODE=MJPG_2160P",
-        "-metadata:s:t:0", "mimetype=application/octet-stream",
-        "-metadata:s:t:0", "K4A_CALIBRATION_FILE=calibration.json",
-        str(path),
-    ]
+    """The moved clip frames over the studio wall, as Kinect MJPEG Matroska."""
     wall = video.background()
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+
+    def canvas():
         for i in range(len(which)):
             frame = wall.copy()
             cv2.warpAffine(frames[which[i]], affine[i], (video.WIDTH, video.HEIGHT), dst=frame,
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
-            proc.stdin.write(frame.tobytes())
-        proc.stdin.close()
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise SingingHeadError(f"{path}: ffmpeg failed to write the real-face take: {err.strip()}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        calib.unlink(missing_ok=True)
+            yield frame
+
+    video.encode_kinect_mkv(path, canvas(), ffmpeg_exe(), 200_000_000, quality=6, track_uid=10**17 + seed * 7919 + 3)
 
 
 # --- scoring a processed take against the truth ----------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,19 +158,12 @@ def kinect_calibration(fx_px: float = 1800.0) -> dict:
     return {"CalibrationInformation": {"Cameras": [cam], "InertialSensors": [], "Metadata": {"SerialId": "sample"}}}
 
 
-def write_kinect_mkv(
-    path: Path, motion: HeadMotion, ffmpeg: str, start_offset_ns: int, quality: int = 8, seed: int = 0,
-    hidden: range = range(0), second_person: HeadMotion | None = None,
-) -> None:
-    """Render every frame and pipe it once into ffmpeg → MJPEG Matroska with K4A tags.
-
-    `hidden` frames show the empty studio (the singer stepped away); `second_person` adds
-    another copy of the photo with its own motion (someone else in the shot).
-    """
-    n = len(motion.scale)
+def encode_kinect_mkv(path: Path, frames: Iterable[np.ndarray], ffmpeg: str, start_offset_ns: int,
+                      quality: int = 8, track_uid: int = 10**17 + 1) -> None:
+    """Pipe RGB canvas frames once into ffmpeg → MJPEG Matroska with K4A tags and the calibration
+    attachment, like the Azure Kinect recorder. Memory stays at one frame."""
     calib = path.parent / "calibration.json"
     calib.write_text(json.dumps(kinect_calibration(), indent=2))
-    track_uid = str(10**17 + seed * 7919 + 1)
     cmd = [
         ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "-",
@@ -186,15 +180,9 @@ def write_kinect_mkv(
         "-metadata:s:t:0", "K4A_CALIBRATION_FILE=calibration.json",
         str(path),
     ]
-    src, wall = source_image(), background()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        for i in range(n):
-            frame = wall.copy()
-            if second_person is not None:
-                render_frame(src, wall, second_person, i, frame)
-            if i not in hidden:
-                render_frame(src, wall, motion, i, frame)
+        for frame in frames:
             proc.stdin.write(frame.tobytes())
         proc.stdin.close()
         err = proc.stderr.read().decode(errors="replace")
@@ -204,3 +192,26 @@ def write_kinect_mkv(
         if proc.poll() is None:
             proc.kill()
         calib.unlink(missing_ok=True)
+
+
+def write_kinect_mkv(
+    path: Path, motion: HeadMotion, ffmpeg: str, start_offset_ns: int, quality: int = 8, seed: int = 0,
+    hidden: range = range(0), second_person: HeadMotion | None = None,
+) -> None:
+    """Render every frame of the photo's motion into a Kinect-like recording (encode_kinect_mkv).
+
+    `hidden` frames show the empty studio (the singer stepped away); `second_person` adds
+    another copy of the photo with its own motion (someone else in the shot).
+    """
+    src, wall = source_image(), background()
+
+    def frames():
+        for i in range(len(motion.scale)):
+            frame = wall.copy()
+            if second_person is not None:
+                render_frame(src, wall, second_person, i, frame)
+            if i not in hidden:
+                render_frame(src, wall, motion, i, frame)
+            yield frame
+
+    encode_kinect_mkv(path, frames(), ffmpeg, start_offset_ns, quality, 10**17 + seed * 7919 + 1)
