@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faulthandler
 import hashlib
 import os
 import shutil
@@ -12,10 +11,6 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-
-# A native crash prints only the thread that crashed (pytest's own handler lists every thread,
-# and the crashing one gets lost among the Prefect and Dask helpers).
-faulthandler.enable(all_threads=False)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -219,3 +219,23 @@ def test_weak_audio_visual_evidence_ends_unverified_and_the_log_is_used():
     est = video_offset([(t, mouth)], voice, sr, log_offset_s=0.3)
     assert est.confident and est.offset_s == pytest.approx(0.42, abs=1 / 60)  # within half a frame
     assert choose(0.3, est) == (est.offset_s, True, "measured")
+
+
+def test_a_take_whose_mouth_does_not_follow_the_mic_ends_unverified(processed_sample, session_copy, tmp_path):
+    """The whole audio step on a take whose mic holds no voice the mouth could follow (steady noise
+    at the voice's level): the video offset is `unverified`, the capture log's value is used and the
+    report's flags say why; nothing is shifted by a guess."""
+    out = Path(processed_sample["out"])
+    crop_dir = next(out.glob("sessions/sample000/takes/take01/crop/*"))
+    refs = [files.artifact_ref(str(crop_dir / "segments.parquet"), kind="segments")]
+    mic, sr = sf.read(session_copy / "takes/take01/mic.wav", dtype="float32")
+    noise = np.random.default_rng(0).normal(0, float(np.std(mic)), len(mic)).astype(np.float32)
+    sf.write(session_copy / "takes/take01/mic.wav", noise, sr, subtype="FLOAT")
+    take = load_manifest(session_copy).take("take01")
+    refs = audio.audio_for_take(str(session_copy), "sample000", take,
+                                     files.sha256_file(session_copy / take.song.file)[0],
+                                     files.sha256_file(session_copy / take.mic)[0], 0.0, refs, str(tmp_path / "out"))
+    video = audio.read_report(refs)["video_offset"]
+    assert video["method"] == "envelope"
+    assert (video["status"], video["used_s"], video["flagged"]) == ("unverified", take.video_to_mic_s, True)
+    assert any(f.startswith("video offset unverified") for f in audio.read_report(refs)["flags"])

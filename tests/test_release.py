@@ -21,11 +21,18 @@ from singinghead.tasks import flame_fit, interop
 from singinghead.tasks.windows import assign_split
 from singinghead.trainer.data import ReleaseWindows
 
+UNVERIFIED = ("video offset unverified (weak evidence: mouth–loudness correlation 0.21); the capture log's "
+              "0.000 s is used")
+
 
 def _second_session(processed: Path, tmp: Path) -> Path:
-    """A second processed session (another id over the same artifacts): what a new capture adds."""
+    """A second processed session (another id over the same artifacts): what a new capture adds.
+    Its take01 is one whose video offset the audio step could not measure (what `processed.json`
+    says of such a take: status and flag)."""
     index = json.loads((processed / "sessions/sample000/processed.json").read_text())
     index["session_id"] = "sample001"
+    index["takes"]["take01"]["sync_status"] = "unverified"
+    index["takes"]["take01"]["sync_flags"] = [UNVERIFIED]
     folder = tmp / "sessions/sample001"
     folder.mkdir(parents=True)
     (folder / "processed.json").write_text(json.dumps(index))
@@ -89,6 +96,24 @@ def test_window_motion_is_the_segment_motion(releases):
     singing, _ = sf.read(seg["singing"], dtype="float32")
     window, _ = sf.read(releases["rel"] / r["singing_path"], dtype="float32")
     np.testing.assert_array_equal(window, singing[a * 16000 // 30: a * 16000 // 30 + R.WINDOW_SAMPLES])
+
+
+def test_unverified_sync_reaches_the_manifest_the_card_and_the_qa_page(releases):
+    """Every window of a take whose offset is unverified says so in the manifest (`sync_status` and
+    its reason in `qa_flags`), the dataset card counts and names the take, the QA page marks it; the
+    sample's own takes, whose offsets the audio step measured, are `measured`."""
+    rows = store.read_manifest(releases["rel"]).to_pylist()
+    for r in rows:
+        unverified = (r["session_id"], r["take_id"]) == ("sample001", "take01")
+        assert r["sync_status"] == ("unverified" if unverified else "measured"), r["window_id"]
+        assert (f"sync: {UNVERIFIED}" in r["qa_flags"]) == unverified
+    n_unverified = sum(r["sync_status"] == "unverified" for r in rows)
+    assert n_unverified > 0
+    card = (releases["rel"] / "dataset_card.md").read_text()
+    takes = len({(r["session_id"], r["take_id"]) for r in rows})
+    assert f"sync `unverified`: 1 of {takes} takes, {n_unverified} windows" in card
+    assert "unverified takes (filter on `sync_status`): sample001/take01" in card
+    assert f"{n_unverified} with unverified sync offsets" in (releases["rel"] / "qa/index.html").read_text()
 
 
 def test_splits_are_deterministic_and_proportional(releases):

@@ -113,6 +113,29 @@ def test_resume_gives_the_same_next_steps(release, tmp_path):
     assert [r["loss"] for r in a[3:]] == [r["loss"] for r in b[3:]]  # bit-identical after resume
 
 
+def test_a_checkpoint_that_runs_code_is_refused(tmp_path):
+    """`evaluate`, `evaluate-2d` and `animate` load checkpoints with weights_only: a file whose
+    unpickling would run code is refused with its name, and the code never runs."""
+    import pickle
+
+    from singinghead.trainer.renderer_train import load_renderer
+    from singinghead.trainer.train import load_for_inference
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "run/checkpoints/last.pt"
+    evil.parent.mkdir(parents=True)
+    torch.save({"model": {}, "config": Payload()}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    for load in (load_for_inference, load_renderer):
+        with pytest.raises(ValueError, match=r"last\.pt: not a singinghead checkpoint"):
+            load(evil)
+    assert not marker.exists()
+
+
 def test_evaluate_prints_table_columns(release, tmp_path):
     cfg = TrainConfig(data=release, out=str(tmp_path / "run"), model=TINY, epochs=10, max_steps=2, batch_size=2,
                       warmup_steps=1)

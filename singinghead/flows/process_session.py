@@ -150,6 +150,8 @@ def session_index(manifest, shape_info: dict | None, crops: dict, audios: dict, 
         takes[take.id] = {
             "song": take.song.model_dump(exclude={"file"}),
             "mic_to_song_s": report["song_offset"]["used_s"], "video_to_mic_s": report["video_offset"]["used_s"],
+            "sync_status": "unverified" if "unverified" in (report["video_offset"].get("status"),
+                                                            report["song_offset"].get("status")) else "measured",
             "sync_flags": report["flags"],
             "segments": [{"segment_index": i, "video": videos[i], "singing": singing[i], "bgm": bgm[i],
                           "motion": motion[i], "audio_flags": audio_flags.get(i, [])} for i in sorted(motion)],

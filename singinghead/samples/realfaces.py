@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
@@ -121,9 +122,12 @@ def _mic(sound: np.ndarray, sound_length: float, take_s: float, video_to_mic: fl
 
 
 def build_realface_session(clip: str | Path, out: str | Path, video_to_mic: float = 0.3, log_video_to_mic: float |
-                           None = None, seed: int = 0, passes: int = 3) -> Path:
-    """A one-take session from a real talking clip (see the module docstring). `log_video_to_mic`
-    is what the capture log says (default: the truth)."""
+                           None = None, seed: int = 0, passes: int = 3,
+                           more_takes: Sequence[tuple[float, float]] = ()) -> Path:
+    """A session from a real talking clip (see the module docstring): take01 with the given true
+    video→mic offset and what its capture log says (default: the truth). `more_takes`: (true, logged)
+    offsets of further takes (take02, …) that share take01's video and hear the clip's sound shifted
+    by their own offset — the same faces, other known offsets."""
     clip, out = Path(clip), Path(out)
     frames, times = _read_clip(clip)
     sound = _read_sound(clip, MIC_SR)
@@ -142,31 +146,39 @@ def build_realface_session(clip: str | Path, out: str | Path, video_to_mic: floa
     which = np.clip(np.searchsorted(times, clip_t + 1e-6, side="right") - 1, 0, len(frames) - 1)  # frame shown at t
     truth = np.einsum("nij,nkj->nki", affine[:, :, :2], clip_lmk[which]) + affine[:, None, :, 2]
 
-    take_dir = out / "takes" / "take01"
-    take_dir.mkdir(parents=True, exist_ok=True)
+    video_rel = "takes/take01/kinect.mkv"
+    (out / "takes" / "take01").mkdir(parents=True, exist_ok=True)
     (out / "songs").mkdir(exist_ok=True)
     gt_dir = out / "ground_truth"
     gt_dir.mkdir(exist_ok=True)
-    _write_mkv(take_dir / "kinect.mkv", frames, which, affine, seed)
-    mic = _mic(sound, length, take_s, video_to_mic, rng)
-    sf.write(take_dir / "mic.wav", mic, MIC_SR, subtype="PCM_24")
-    song_s = MIC_TO_SONG_S + len(mic) / MIC_SR + 1.0
-    accomp = audio.accompaniment(song_s, SONG_SR, 100, audio.melody(song_s, 100, rng), rng).mean(axis=1)
-    vocal = np.interp(np.arange(len(accomp)) / SONG_SR - MIC_TO_SONG_S, np.arange(len(mic)) / MIC_SR, mic,
-                      left=0.0, right=0.0)
-    accomp *= np.sqrt(np.mean(vocal**2) / max(np.mean(accomp**2), 1e-12))
-    song = vocal + accomp
-    sf.write(out / "songs" / "take01.flac", (0.9 * song / np.abs(song).max()).astype(np.float32), SONG_SR,
-             subtype="PCM_24")
-    logged = video_to_mic if log_video_to_mic is None else log_video_to_mic
+    _write_mkv(out / video_rel, frames, which, affine, seed)
     name = clip.stem.replace(" ", "_")
+    offsets = [(video_to_mic, video_to_mic if log_video_to_mic is None else log_video_to_mic), *more_takes]
+    takes, gt_takes = [], {}
+    for i, (true_v2m, logged) in enumerate(offsets, start=1):
+        take_id = f"take{i:02d}"
+        (out / "takes" / take_id).mkdir(parents=True, exist_ok=True)
+        mic = _mic(sound, length, take_s, true_v2m, rng)
+        sf.write(out / "takes" / take_id / "mic.wav", mic, MIC_SR, subtype="PCM_24")
+        song_s = MIC_TO_SONG_S + len(mic) / MIC_SR + 1.0
+        accomp = audio.accompaniment(song_s, SONG_SR, 100, audio.melody(song_s, 100, rng), rng).mean(axis=1)
+        vocal = np.interp(np.arange(len(accomp)) / SONG_SR - MIC_TO_SONG_S, np.arange(len(mic)) / MIC_SR, mic,
+                          left=0.0, right=0.0)
+        accomp *= np.sqrt(np.mean(vocal**2) / max(np.mean(accomp**2), 1e-12))
+        song = vocal + accomp
+        sf.write(out / "songs" / f"{take_id}.flac", (0.9 * song / np.abs(song).max()).astype(np.float32), SONG_SR,
+                 subtype="PCM_24")
+        takes.append(Take(id=take_id, video=video_rel, mic=f"takes/{take_id}/mic.wav",
+                          song=Song(file=f"songs/{take_id}.flac", title=f"{name} (spoken)",
+                                    category="theater_and_drama", language="english"),
+                          capture_log=CaptureLog(video_start_s=logged, mic_start_s=0.0,
+                                                 song_start_s=-MIC_TO_SONG_S)))
+        gt_takes[take_id] = {"offsets_s": {"video_to_mic": true_v2m, "mic_to_song": MIC_TO_SONG_S},
+                             "log_offsets_s": {"video_to_mic": logged, "mic_to_song": MIC_TO_SONG_S},
+                             "lean_s": 0.42 * take_s, "seconds": n / video.FPS,
+                             "clip_frames_with_face": float(ok.mean())}
     manifest = SessionManifest(
-        session_id=f"real-{name}", subject=Subject(id=f"real-{name}", level="amateur", gender="other"),
-        takes=[Take(id="take01", video="takes/take01/kinect.mkv", mic="takes/take01/mic.wav",
-                    song=Song(file="songs/take01.flac", title=f"{name} (spoken)", category="theater_and_drama",
-                              language="english"),
-                    capture_log=CaptureLog(video_start_s=logged, mic_start_s=0.0, song_start_s=-MIC_TO_SONG_S))],
-    )
+        session_id=f"real-{name}", subject=Subject(id=f"real-{name}", level="amateur", gender="other"), takes=takes)
     write_manifest(manifest, out)
     np.savez_compressed(gt_dir / "take01_frames.npz", time_s=t, clip_time_s=clip_t, clip_frame=which, affine=affine,
                         landmarks=truth)
@@ -175,11 +187,7 @@ def build_realface_session(clip: str | Path, out: str | Path, video_to_mic: floa
     K = [[p[2] * 4096 * video.WIDTH / 4096, 0, video.WIDTH / 2 - 0.5],
          [0, p[3] * 3072 * video.WIDTH / 4096, video.HEIGHT / 2 - 0.5], [0, 0, 1]]
     (gt_dir / "ground_truth.json").write_text(json.dumps({
-        "clip": clip.name, "seed": seed, "frames": n, "fps": video.FPS, "camera": {"K": K},
-        "takes": {"take01": {"offsets_s": {"video_to_mic": video_to_mic, "mic_to_song": MIC_TO_SONG_S},
-                             "log_offsets_s": {"video_to_mic": logged, "mic_to_song": MIC_TO_SONG_S},
-                             "lean_s": 0.42 * take_s, "seconds": n / video.FPS,
-                             "clip_frames_with_face": float(ok.mean())}},
+        "clip": clip.name, "seed": seed, "frames": n, "fps": video.FPS, "camera": {"K": K}, "takes": gt_takes,
     }, indent=2))
     return out
 

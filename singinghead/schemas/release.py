@@ -67,6 +67,7 @@ WINDOW_SCHEMA = pa.schema(IDENTITY_FIELDS + [
     *(pa.field(name, _fixed(shape)) for name, shape in WINDOW_ARRAYS.items()),
     pa.field("video_to_mic_s", pa.float64()),
     pa.field("mic_to_song_s", pa.float64()),
+    pa.field("sync_status", pa.string()),  # SYNC_STATUSES
     pa.field("qa_flags", pa.list_(pa.string())),
 ])
 
@@ -76,11 +77,17 @@ def _file_fields(role: str) -> list[pa.Field]:
             pa.field(f"{role}_sha256", pa.string())]
 
 
+#: Per window, its take's audio offsets: `measured` (both the video→mic and the mic→song offsets
+#: confirmed by a confident measurement), `unverified` (at least one is the capture log's unchecked
+#: value: its reason is in qa_flags) or `unknown` (imported data without sync information).
+SYNC_STATUSES = ("measured", "unverified", "unknown")
+
 FILE_ROLES = ("shard", "audio_block", "video", "singing", "bgm")
 
 MANIFEST_SCHEMA = pa.schema(IDENTITY_FIELDS + [
     pa.field("build", pa.int32()),
     pa.field("shard_row", pa.int32()),
     *(f for role in FILE_ROLES for f in _file_fields(role)),
+    pa.field("sync_status", pa.string()),
     pa.field("qa_flags", pa.list_(pa.string())),
 ])

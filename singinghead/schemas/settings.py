@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     #: LPIPS: torchvision AlexNet state dict and the LPIPS linear layers (`alex.pth`); unset = n/a.
     alexnet_weights: Path | None = None
     lpips_weights: Path | None = None
+    #: SyncNet weights (`syncnet_v2.model` of the SyncNet authors' release) for the video→mic offset;
+    #: unset = the mouth-opening vs loudness heuristic, which leaves most real takes `unverified`.
+    syncnet_weights: Path | None = None
     #: Vocal removal backend: builtin (no weights), demucs (local model folder) or spleeter.
     separation_backend: str = "builtin"
     #: Folder with demucs models in demucs' own format (`<sig>.th`, optional `<name>.yaml` bags).

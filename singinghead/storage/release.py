@@ -173,9 +173,29 @@ class ShardWriter:
                 "audio_block_path": audio, "audio_block_sha256": audio_sum[0], "audio_block_size": audio_sum[1],
                 **{f"{role}_{k}": media[role][k] for role in ("video", "singing", "bgm")
                    for k in ("path", "sha256", "size")},
-                "qa_flags": row["qa_flags"],
+                "sync_status": row["sync_status"], "qa_flags": row["qa_flags"],
             })
         self.buffer, self.mb, self.shards = [], 0.0, self.shards + 1
+
+
+def quality_section(manifest: list[dict]) -> str:
+    """What training may want to filter: windows with QA flags, and takes whose audio offsets are
+    unverified (the capture log's value, unchecked) listed by name."""
+    flagged = sum(bool(r["qa_flags"]) for r in manifest)
+    by_status: dict[str, set] = defaultdict(set)
+    windows: dict[str, int] = defaultdict(int)
+    for r in manifest:
+        by_status[r["sync_status"]].add((r["session_id"], r["take_id"]))
+        windows[r["sync_status"]] += 1
+    takes = len({(r["session_id"], r["take_id"]) for r in manifest})
+    lines = ["### Quality", "", f"- windows with QA flags: {flagged} of {len(manifest)} (`qa_flags` in the manifest)"]
+    for status in R.SYNC_STATUSES:
+        if by_status[status]:
+            lines.append(f"- sync `{status}`: {len(by_status[status])} of {takes} takes, {windows[status]} windows")
+    if by_status["unverified"]:
+        names = ", ".join(f"{s}/{t}" for s, t in sorted(by_status["unverified"]))
+        lines.append(f"- unverified takes (filter on `sync_status`): {names}")
+    return "\n".join(lines) + "\n"
 
 
 def dataset_card(manifest: list[dict], info: dict) -> str:
@@ -199,7 +219,7 @@ def dataset_card(manifest: list[dict], info: dict) -> str:
             f"{len({r['subject_id'] for r in manifest})} subjects, {len({r['session_id'] for r in manifest})} "
             f"sessions; {len(info['builds'])} builds.\n\n"
             + table("Category", "song_category") + "\n" + table("Subject", "subject_id") + "\n"
-            + table("Language", "song_language") + "\n"
+            + table("Language", "song_language") + "\n" + quality_section(manifest) + "\n"
             + "## Shard schema (`shards/<split>/*.parquet`; audio in the `.audio.npz` beside each shard)\n\n"
             + "| field | type | per-window shape |\n|---|---|---|\n" + schema + "\n\n"
             + "`manifest.parquet` lists each window's split and the path, size and SHA-256 of every file it "

@@ -13,6 +13,7 @@ value is used and the take is flagged, and the flag reaches the QA page and ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -24,14 +25,16 @@ from scipy import signal
 
 from singinghead.capture_rigs.audio_files import read_audio
 from singinghead.schemas.artifacts import ArtifactRef
+from singinghead.schemas.errors import AssetError
 from singinghead.schemas.manifest import Take
+from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
-from singinghead.tasks import audio_sync, vocal_removal
+from singinghead.tasks import audio_sync, syncnet, vocal_removal
 from singinghead.tasks.landmarks import dense_landmarks
 
 STEP = "audio"
-VERSION = "2"  # 2: every offset measured (confident) or unverified, dense landmarks per frame
+VERSION = "3"  # 2: every offset measured (confident) or unverified; 3: SyncNet when its weights are set
 RELEASE_SR = 16_000
 FRAME_S = 1.0 / 30.0
 SILENT_DBFS = -50.0
@@ -113,17 +116,25 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
     rows = files.read_parquet(table_ref.url).to_pylist()
     crop_dir = table_ref.url.rsplit("/", 1)[0]
     refs: list[ArtifactRef] = []
-    mouths = []
+    mouths, faces = [], []
     for row in rows:
+        times = np.asarray(row["timestamps_s"]) - first_pts_s
         with files.local_path(files.join(crop_dir, row["video"])) as video:
             dense = dense_landmarks(video)
-        mouths.append((np.asarray(row["timestamps_s"]) - first_pts_s, dense.mouth_opening))
+        mouths.append((times, dense.mouth_opening))
+        faces.append((files.join(crop_dir, row["video"]), times, dense.landmarks))
         url = files.join(out_dir, row["video"].replace(".mp4", "_landmarks.npz"))
         with files.atomic_output(url) as tmp:
             np.savez_compressed(tmp, landmarks=dense.landmarks.astype(np.float32), confidence=dense.confidence,
                                 mouth_opening=dense.mouth_opening, eye_closure=dense.eye_closure)
         refs.append(files.artifact_ref(url, kind="dense_landmarks", segment_index=row["segment_index"]))
-    video_est = audio_sync.video_offset(mouths, mic, mic_sr, take.video_to_mic_s)
+    if params["syncer"]["method"] == "syncnet":
+        model = syncnet.load_syncnet(get_settings().syncnet_weights)
+        with contextlib.ExitStack() as stack:
+            local = [(stack.enter_context(files.local_path(v)), t, lmk) for v, t, lmk in faces]
+            video_est = syncnet.syncnet_video_offset(model, local, mic, mic_sr, take.video_to_mic_s)
+    else:
+        video_est = audio_sync.video_offset(mouths, mic, mic_sr, take.video_to_mic_s)
     video_to_mic, video_flag, video_src = choose(take.video_to_mic_s, video_est)
 
     segments = []
@@ -150,8 +161,7 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
                       status: str) -> tuple[dict, list[str]]:
         flags = []
         if status == "unverified":
-            flags.append(f"{name} offset unverified (weak evidence: correlation {est.correlation:.2f}"
-                         + (", peak on the search border" if est.at_edge else "") + f"); the capture log's "
+            flags.append(f"{name} offset unverified (weak evidence: {est.evidence()}); the capture log's "
                          f"{log_s:.3f} s is used")
         elif disagree:
             flags.append(f"{name} offset disagrees with the capture log: measured {est.offset_s:.3f} s, "
@@ -184,7 +194,17 @@ def _catalog_identity(take: Take, song_sha256: str, mic_sha256: str, crop_refs: 
     table_ref = next(r for r in crop_refs if r.meta.get("kind") == "segments")
     inputs = {"song": song_sha256, "mic": mic_sha256, "segments": table_ref.sha256,
               "capture_log": json.dumps(take.capture_log.model_dump(), sort_keys=True)}
-    return {"separation": vocal_removal.backend_id(backend), "release_sr": RELEASE_SR}, inputs
+    return {"separation": vocal_removal.backend_id(backend), "syncer": syncer_id(), "release_sr": RELEASE_SR}, inputs
+
+
+def syncer_id() -> dict:
+    """The audio–visual syncer in use: SyncNet when its weights are set, else the envelope heuristic."""
+    weights = get_settings().syncnet_weights
+    if weights is None:
+        return {"method": "envelope"}
+    if not Path(weights).is_file():
+        raise AssetError(f"SINGINGHEAD_SYNCNET_WEIGHTS={weights}: no such file")
+    return syncnet.weights_id(weights)
 
 
 def done_outputs(out: str, take: Take, song_sha256: str, mic_sha256: str, crop_refs: list[ArtifactRef],

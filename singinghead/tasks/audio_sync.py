@@ -14,7 +14,9 @@ around the capture log's offset (±0.5 s, 1 ms steps, sub-frame by interpolating
 The estimate is `confident` only for a peak inside the search range with a correlation ≥ 0.4 and
 a lead ≥ 0.1 over every lag 200 ms or more away; otherwise the offset is *unverified* and the
 audio step uses the log and flags it. A confident measurement that disagrees with the log by
-more than one video frame replaces it, flagged as well.
+more than one video frame replaces it, flagged as well. On real faces this envelope evidence is
+weak (most takes end unverified); with SyncNet's weights configured the audio step measures the
+offset with SyncNet instead (tasks.syncnet), whose confidence has the same role.
 """
 
 from __future__ import annotations
@@ -30,29 +32,59 @@ from scipy import signal, stats
 #: sit anywhere, so those takes end `unverified` rather than shifted by a wrong measurement.
 MIN_AV_CORRELATION = 0.4
 MIN_AV_MARGIN = 0.1
+#: SyncNet confidence (median − minimum distance over the search) from which an offset counts as
+#: measured. The release's own in-sync example clip scores 10.0; a curve with no clear minimum (no
+#: face, voice off-screen) scores little. 3 is a default that a lab should check on takes it knows
+#: to be in sync (bench/avsync.py does this when the weights are set; they are not on this machine).
+MIN_SYNCNET_CONFIDENCE = 3.0
 
 
 @dataclass(frozen=True)
 class OffsetEstimate:
     offset_s: float
-    correlation: float  # normalised correlation at the peak (−1..1)
+    correlation: float  # normalised correlation at the peak (−1..1); NaN for SyncNet
     peak_ratio: float  # peak over the best lag more than 250 ms away (≥ 1 when the peak is positive; else 0)
     margin: float = float("nan")  # peak minus the best correlation ≥ 200 ms away (audio–visual)
-    at_edge: bool = False  # the maximum lies on the search range's border: no peak was found
+    at_edge: bool = False  # the best lag lies on the search range's border: no peak was found
+    method: str = "envelope"  # envelope | chroma+onsets (song) | syncnet
+    confidence: float = float("nan")  # SyncNet: median − minimum distance over the search range
+    min_distance: float = float("nan")  # SyncNet: the minimum mean distance
+    windows: int = 0  # SyncNet: 0.2 s windows pooled
 
     @property
     def confident(self) -> bool:
         if not np.isfinite(self.offset_s) or self.at_edge:
             return False
+        if self.method == "syncnet":
+            return self.confidence >= MIN_SYNCNET_CONFIDENCE
         if np.isfinite(self.margin):
             return self.correlation >= MIN_AV_CORRELATION and self.margin >= MIN_AV_MARGIN
         return self.peak_ratio >= 1.5 and self.correlation > 0.1
 
-    def as_dict(self) -> dict:
-        out = {"offset_s": self.offset_s, "correlation": self.correlation, "peak_ratio": self.peak_ratio,
-               "confident": self.confident}
+    def evidence(self) -> str:
+        """The measured evidence, for reports."""
+        edge = ", best lag on the search border" if self.at_edge else ""
+        if self.method == "syncnet":
+            return (f"SyncNet confidence {self.confidence:.2f} (needs ≥ {MIN_SYNCNET_CONFIDENCE:g}) "
+                    f"over {self.windows} windows{edge}")
         if np.isfinite(self.margin):
-            out.update(margin=self.margin, at_edge=self.at_edge)
+            return (f"mouth–loudness correlation {self.correlation:.2f} (needs ≥ {MIN_AV_CORRELATION:g}), "
+                    f"margin {self.margin:.2f} (needs ≥ {MIN_AV_MARGIN:g}){edge}")
+        return f"correlation {self.correlation:.2f}, peak ratio {self.peak_ratio:.2f}{edge}"
+
+    def as_dict(self) -> dict:
+        def num(v: float) -> float | None:
+            return float(v) if np.isfinite(v) else None
+
+        out = {"method": self.method, "offset_s": num(self.offset_s), "confident": self.confident,
+               "evidence": self.evidence()}
+        if self.method == "syncnet":
+            out.update(confidence=num(self.confidence), min_distance=num(self.min_distance), windows=self.windows,
+                       at_edge=self.at_edge)
+        else:
+            out.update(correlation=num(self.correlation), peak_ratio=num(self.peak_ratio))
+            if np.isfinite(self.margin):
+                out.update(margin=self.margin, at_edge=self.at_edge)
         return out
 
 
@@ -125,11 +157,11 @@ def song_offset(vocal: np.ndarray, vocal_sr: int, song_vocals: np.ndarray, song_
     a = _onset_times(voice16) + coarse / rate
     b = _onset_times(song16)
     if len(a) == 0 or len(b) == 0:
-        return OffsetEstimate(coarse / rate, float(score[coarse] / 2), ratio)
+        return OffsetEstimate(coarse / rate, float(score[coarse] / 2), ratio, method="chroma+onsets")
     diffs = b[np.abs(b[None, :] - a[:, None]).argmin(axis=1)] - a
     diffs = diffs[np.abs(diffs) <= 0.06]
     offset = coarse / rate + (float(stats.trim_mean(diffs, 0.2)) if len(diffs) >= 3 else 0.0)
-    return OffsetEstimate(offset, float(score[coarse] / 2), ratio)
+    return OffsetEstimate(offset, float(score[coarse] / 2), ratio, method="chroma+onsets")
 
 
 def _onset_times(x16: np.ndarray) -> np.ndarray:

@@ -163,7 +163,7 @@ def import_singinghead(src: str | Path, release: str, version: str = "imported",
                     **nan, "motion": motion[a:b].reshape(-1),
                     "shape": shape if shape is not None else np.zeros(layout.SHAPE_DIM, np.float32),
                     "bgm_mfcc": bgm_mfcc_per_frame(bgm[sa:sb], R.WINDOW_FRAMES).reshape(-1),
-                    "video_to_mic_s": float("nan"), "mic_to_song_s": float("nan"),
+                    "video_to_mic_s": float("nan"), "mic_to_song_s": float("nan"), "sync_status": "unknown",
                     "qa_flags": ["imported: no landmarks, camera or sync information"]
                     + ([] if shape is not None else ["imported: no shape"]),
                     "_media": {role: {"path": p, **dict(zip(("sha256", "size"),

@@ -78,6 +78,7 @@ def qa_report(release: str, manifest: list[dict]) -> dict:
             entries.append({
                 "window_id": r["window_id"], "split": r["split"], "thumb": thumb, "flags": list(r["qa_flags"]),
                 "offsets": table.slice(i, 1).select(["video_to_mic_s", "mic_to_song_s"]).to_pylist()[0],
+                "sync_status": r["sync_status"],
                 "median_px": float(np.median(finite)) if len(finite) else None,
                 "p95_px": float(np.percentile(finite, 95)) if len(finite) else None,
             })
@@ -90,17 +91,21 @@ def qa_report(release: str, manifest: list[dict]) -> dict:
         rows_html.append(
             f"<tr class='{status}'><td>{html.escape(e['window_id'])}<br>{e['split']}</td>"
             f"<td><img src='{html.escape(e['thumb'].removeprefix('qa/'))}' width='{4 * THUMB // 2}'></td>"
-            f"<td>video→mic {o['video_to_mic_s']:.3f} s<br>mic→song {o['mic_to_song_s']:.3f} s</td><td>{px}</td>"
+            f"<td>video→mic {o['video_to_mic_s']:.3f} s<br>mic→song {o['mic_to_song_s']:.3f} s"
+            f"<br><b>{html.escape(e['sync_status'])}</b></td><td>{px}</td>"
             f"<td>{'<br>'.join(html.escape(f) for f in e['flags']) or 'ok'}</td></tr>")
     failing = sum(bool(e["flags"]) for e in entries)
+    unverified = sum(e["sync_status"] == "unverified" for e in entries)
     page = ("<!doctype html><meta charset='utf-8'><title>QA report</title><style>"
             "body{font-family:sans-serif} td{padding:4px;vertical-align:top;border-bottom:1px solid #ddd}"
             "tr.fail td:first-child{border-left:4px solid #c33} tr.ok td:first-child{border-left:4px solid #3a3}"
             "</style>"
-            f"<h1>QA report</h1><p>{len(entries)} windows, {failing} with flags (listed first). Green: detected "
+            f"<h1>QA report</h1><p>{len(entries)} windows, {failing} with flags (listed first), {unverified} "
+            "with unverified sync offsets. Green: detected "
             "landmarks; red: projected FLAME landmarks.</p><table><tr><th>window</th><th>frames 0, 80, 160, 239</th>"
             "<th>sync offsets</th><th>reprojection px (median / p95)</th><th>flags</th></tr>"
             + "".join(rows_html) + "</table>")
     files.write_bytes_atomic(files.join(release, "qa", "index.html"), page.encode())
     return {"html": files.join(release, "qa", "index.html"), "windows": len(entries), "failing": failing,
+            "unverified": unverified,
             "entries": entries}

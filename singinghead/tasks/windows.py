@@ -123,6 +123,7 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
             "bgm_mfcc": bgm_mfcc_per_frame(music, R.WINDOW_FRAMES).reshape(-1),
             "shape": shape, "camera": np.asarray(t["camera"][a], dtype=np.float32),
             "video_to_mic_s": take["video_to_mic_s"], "mic_to_song_s": take["mic_to_song_s"],
+            "sync_status": take.get("sync_status", "unknown"),
             "qa_flags": qa_flags(arrays["reprojection_error_px"][a:b], arrays["landmark_confidence"][a:b],
                                  t["outliers"][a:b], segment["audio_flags"], take["sync_flags"]),
         }

@@ -26,7 +26,7 @@ from singinghead.trainer.models.renderer import (
     renderer_step,
 )
 from singinghead.trainer.render import render_depth_sequence
-from singinghead.trainer.train import resolve_assets
+from singinghead.trainer.train import load_checkpoint, resolve_assets
 
 
 def depth_to_input(depth: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,7 @@ def train_renderer(release: str, subject: str, out: str | Path, steps: int = 100
 
 
 def load_renderer(checkpoint: str | Path) -> tuple[UNetGenerator, dict]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     gen = UNetGenerator(**({"channels": tuple(state["channels"])} if state.get("channels") else {}))
     gen.load_state_dict(state["generator"])
     return gen.eval(), state

@@ -127,15 +127,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     step, start_epoch, skip = 0, 0, 0
     last = run / "checkpoints" / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = load_checkpoint(last, device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
         torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        random.setstate(_python_rng(state["python_rng"]))
+        kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     log_path = run / "log.csv"
     new_log = not log_path.is_file()
     bar = tqdm(total=total, initial=step, disable=not progress, desc=cfg.variant)
@@ -176,11 +177,34 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     return {"run": str(run), "steps": step, "checkpoint": str(last), "log": str(log_path)}
 
 
+def _numpy_rng() -> tuple:
+    """numpy's global RNG state as tensors and plain values (a checkpoint holds nothing else)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _python_rng(state) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """A checkpoint of ours, read as tensors and plain containers only (`weights_only=True`): a
+    file that holds anything else (code to run on unpickling) is refused with its name."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a singinghead checkpoint of tensors and plain values (refused to unpickle "
+                         f"it): {str(exc).splitlines()[0]}") from exc
+
+
 def save_checkpoint(run: Path, model, opt, sched, scaler, cfg: TrainConfig, step: int, epoch: int,
                     batch_in_epoch: int) -> Path:
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
              "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": _numpy_rng(),
              "config": asdict(cfg)}
     path = run / "checkpoints" / f"step-{step:07d}.pt"
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
@@ -196,7 +220,7 @@ def save_checkpoint(run: Path, model, opt, sched, scaler, cfg: TrainConfig, step
 def load_for_inference(checkpoint: str | Path) -> tuple[torch.nn.Module, TrainConfig, Path]:
     """The model of a checkpoint (eval mode) with its config and run folder."""
     checkpoint = Path(checkpoint)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     raw = dict(state["config"])
     cfg = TrainConfig(model=ModelConfig(**raw.pop("model")), weights=LossWeights(**raw.pop("weights")), **raw)
     run = checkpoint.parent.parent
