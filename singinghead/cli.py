@@ -238,9 +238,9 @@ def _demo_2d(out: Path, vae_checkpoint: str, session: Path) -> None:
             eye_table.add_row(w["window_id"], f"{stats['blinks_per_s']:.2f}", f"{stats['blink_duration_s']:.2f}",
                               f"{stats['long_closures']:.0f}", f"{eyes.roughness(w['motion'].numpy()):.1f}")
     console.print(eye_table)
-    with console.status("sync check: training the MS-Sync syncer pyramid on the release"):
+    with console.status("sync check: training the MS-Sync syncer pyramid on the release's train split"):
         report = sync_check(release, steps=150)
-    console.print(f"sync check: {len(report['flagged'])} of {len(report['windows'])} windows flagged "
+    console.print(f"sync check (held-out windows): {len(report['flagged'])} of {len(report['windows'])} flagged "
                   f"(offsets at 200 ms: {[r['scales'][0]['offset_frames'] for r in report['windows']]}); "
                   f"{release}/qa/sync_check.json")
     subject = store.read_manifest(release).column("subject_id")[0].as_py()
@@ -360,11 +360,17 @@ def evaluate_cmd(
 
 @app.command("sync-check")
 def sync_check_cmd(release_dir: str = typer.Argument(..., help="Release folder"),
-                   steps: int = typer.Option(300, help="Training steps per syncer level")) -> None:
-    """Train the MS-Sync syncer pyramid on a release and flag windows whose AV offset is not 0 ± 1 frame."""
+                   steps: int = typer.Option(300, help="Training steps per syncer level"),
+                   train_split: str = typer.Option("train", help="Split the syncers learn from (never checked)"),
+                   pyramid: Path | None = typer.Option(None, exists=True, dir_okay=False,
+                                                       help="A pyramid trained elsewhere (qa/sync_pyramid.pt)")
+                   ) -> None:
+    """MS-Sync syncer pyramid: flag held-out windows whose AV offset is not 0 ± 1 frame."""
     from singinghead.trainer.sync import sync_check
 
-    report = sync_check(release_dir, steps=steps)
+    report = sync_check(release_dir, steps=steps, train_split=train_split,
+                        pyramid_path=str(pyramid) if pyramid else None)
+    console.print(f"syncers trained on {report['trained_on']}")
     for r in report["windows"]:
         scales = ", ".join(f"{s['scale_ms']} ms: {s['offset_frames']:+d} (conf {s['confidence']:.2f})"
                            for s in r["scales"] if s["offset_frames"] is not None)

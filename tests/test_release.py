@@ -232,19 +232,30 @@ def test_reader_decodes_video_and_shards_by_rank(releases):
     assert sample["video"].float().std() > 10  # a real picture, not a blank
 
 
-def test_sync_pyramid_finds_a_shifted_landmark_stream(releases):
-    """Syncers trained briefly on the release: its windows are in sync, and a landmark stream
-    delayed by 6 frames is found 6 frames late (200 and 400 ms scales) and flagged."""
+def test_sync_check_learns_from_one_split_and_finds_a_delay_in_another(releases, prefect_harness, tmp_path):
+    """`sync-check` trains the syncers on the train split only and checks the held-out windows: in
+    sync they pass; each delayed by 6 frames — windows the syncers never saw — is found 6 frames
+    late (200 and 400 ms scales) and flagged. A pyramid saved by one check loads in another. (The
+    release holds the sample's own session only, with a split seed that leaves windows for both
+    sides: the duplicate session would leak the same windows into the held-out splits.)"""
+    from singinghead.flows.build_release import run_build_release
     from singinghead.trainer import sync
 
-    windows = {s: sync.release_features(str(releases["rel"]), s) for s in R.SPLITS}
-    everything = [w for s in R.SPLITS for w in windows[s]]
-    pyramid = sync.train_pyramid(everything, steps=200)
-    in_sync = sync.check_windows(pyramid, windows)
-    assert in_sync["flagged"] == [], in_sync
-    delayed = {"train": [{**w, "video": np.roll(w["video"], 6, axis=0)} for w in everything]}
+    ids = [r["window_id"] for r in store.read_manifest(str(releases["rebuild"])).to_pylist()]
+    seed = next(k for k in range(1000) if len({assign_split(w, k) == "train" for w in ids}) == 2)
+    release = str(tmp_path / "release")
+    run_build_release([str(releases["processed"] / "sessions/sample000")], release, "v1", seed=seed, shard_mb=1.0)
+    report = sync.sync_check(release, steps=200)
+    held_out = [w for s in R.SPLITS if s != "train" for w in sync.release_features(release, s)]
+    trained = {w["window_id"] for w in sync.release_features(release, "train")}
+    assert held_out and trained
+    assert {r["window_id"] for r in report["windows"]} == {w["window_id"] for w in held_out}
+    assert not trained & {r["window_id"] for r in report["windows"]}
+    assert report["flagged"] == [], report
+    pyramid = sync.load_pyramid(str(tmp_path / "release/qa/sync_pyramid.pt"))
+    delayed = {"test": [{**w, "video": np.roll(w["video"], 6, axis=0)} for w in held_out]}
     report = sync.check_windows(pyramid, delayed)
-    assert len(report["flagged"]) == len(everything)
+    assert len(report["flagged"]) == len(held_out)
     for r in report["windows"]:
         by_scale = {s["scale_ms"]: s for s in r["scales"]}
         assert abs(by_scale[200]["offset_frames"] - 6) <= 1 and abs(by_scale[400]["offset_frames"] - 6) <= 2

@@ -12,7 +12,8 @@ window at other times), temperature 0.07.
 Offset and confidence per scale follow SyncNet: for every clip position of a window, the
 distance (1 − cosine) to the audio clip shifted by δ landmark steps, averaged over positions;
 the best δ is the minimum, the confidence is median − minimum. A positive offset means the
-video lags the audio. `sync_check` flags windows whose finest-scale offset is not 0 ± 1 frame.
+video lags the audio. `sync_check` trains on one split (or loads a pyramid trained elsewhere) and
+flags held-out windows whose finest-scale offset is not 0 ± 1 frame.
 """
 
 from __future__ import annotations
@@ -179,14 +180,49 @@ def check_windows(pyramid: Pyramid, windows: dict[str, list[dict]], tolerance_fr
             "flagged": [r["window_id"] for r in results if r["flagged"]]}
 
 
-def sync_check(release: str, steps: int = 300, tolerance_frames: int = 1) -> dict:
-    """Train the pyramid on the release's train windows, then measure every window's offset;
-    writes `qa/sync_check.json`. Windows without landmarks are skipped."""
-    windows = {s: [w for w in release_features(release, s) if np.abs(w["video"]).sum() > 0] for s in R.SPLITS}
-    train_set = windows["train"] or [w for s in R.SPLITS for w in windows[s]]
-    if not train_set:
-        raise ValueError(f"{release}: no window with landmarks to train the syncers on")
-    report = check_windows(train_pyramid(train_set, steps=steps), windows, tolerance_frames)
+def save_pyramid(pyramid: Pyramid, path: str) -> None:
+    with files.atomic_output(path) as tmp:
+        torch.save(pyramid.state_dict(), tmp)
+
+
+def load_pyramid(path: str) -> Pyramid:
+    """A pyramid saved by `save_pyramid` (tensors only: read with weights_only)."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path}: not a syncer pyramid of tensors (refused to unpickle it)") from exc
+    syncers = []
+    for i in range(len(SCALES_MS)):
+        if f"level{i}" not in state:
+            raise ValueError(f"{path}: not a syncer pyramid (no level{i})")
+        syncer = Syncer()
+        syncer.load_state_dict(state[f"level{i}"])
+        syncers.append(syncer.eval())
+    return Pyramid(syncers)
+
+
+def sync_check(release: str, steps: int = 300, tolerance_frames: int = 1, train_split: str = "train",
+               pyramid_path: str | None = None) -> dict:
+    """Measure the offset of every held-out window: the pyramid is trained on `train_split` (and
+    saved as `qa/sync_pyramid.pt`) or loaded from `pyramid_path` (trained elsewhere), and never
+    checks the windows it learned "in sync" from — a shift shared by the data it trained on would
+    otherwise pass as in sync. Writes `qa/sync_check.json`. Windows without landmarks are skipped."""
+    def with_landmarks(split: str) -> list[dict]:
+        return [w for w in release_features(release, split) if np.abs(w["video"]).sum() > 0]
+
+    if pyramid_path:
+        pyramid, trained_on = load_pyramid(pyramid_path), pyramid_path
+        held_out = {s: with_landmarks(s) for s in R.SPLITS}
+    else:
+        train_set = with_landmarks(train_split)
+        if not train_set:
+            raise ValueError(f"{release}: no {train_split} window with landmarks to train the syncers on")
+        pyramid, trained_on = train_pyramid(train_set, steps=steps), f"{release} ({train_split} split)"
+        save_pyramid(pyramid, files.join(release, "qa", "sync_pyramid.pt"))
+        held_out = {s: with_landmarks(s) for s in R.SPLITS if s != train_split}
+    report = {"trained_on": trained_on, **check_windows(pyramid, held_out, tolerance_frames)}
     files.write_json_atomic(files.join(release, "qa", "sync_check.json"), report)
     return report
 
