@@ -270,7 +270,8 @@ def release(
     out: str = typer.Option(..., "--out", help="Release folder or fsspec URL"),
     version: str = typer.Option(..., "--version", help="Version name of this release"),
     seed: int = typer.Option(0, help="Seed of the split assignment (fixed for the life of a release)"),
-    split_by: str = typer.Option("window", help="window | sequence | subject (subject-disjoint splits)"),
+    split_by: str = typer.Option("sequence", help="sequence (the papers' split: a recording's windows stay together) "
+                                 "| subject (identity-disjoint) | window (adjacent windows leak across splits)"),
     shard_mb: float = typer.Option(256.0, help="Target shard size (Parquet + audio block), MB"),
 ) -> None:
     """Build (or extend) a release: 8 s windows, splits, shards, manifest, card, stats, QA report."""

@@ -128,6 +128,16 @@ def test_splits_are_deterministic_and_proportional(releases):
     assert rebuilt and all(original[w] == s for w, s in rebuilt.items())
 
 
+def test_no_sequence_spans_two_splits(releases):
+    """The default split is by sequence (a take's segment), as the papers split by recording:
+    adjacent windows of one sequence never land in train and test."""
+    splits: dict[tuple, set] = {}
+    for r in store.read_manifest(str(releases["rel"])).to_pylist():
+        splits.setdefault((r["session_id"], r["take_id"], r["segment_index"]), set()).add(r["split"])
+    assert json.loads((releases["rel"] / "release.json").read_text())["split_by"] == "sequence"
+    assert len(splits) > 1 and all(len(s) == 1 for s in splits.values()), splits
+
+
 def test_incremental_add_rewrites_nothing(releases):
     for rel, data in releases["before"].items():
         assert (releases["rel"] / rel).read_bytes() == data, rel
@@ -244,7 +254,8 @@ def test_sync_check_learns_from_one_split_and_finds_a_delay_in_another(releases,
     ids = [r["window_id"] for r in store.read_manifest(str(releases["rebuild"])).to_pylist()]
     seed = next(k for k in range(1000) if len({assign_split(w, k) == "train" for w in ids}) == 2)
     release = str(tmp_path / "release")
-    run_build_release([str(releases["processed"] / "sessions/sample000")], release, "v1", seed=seed, shard_mb=1.0)
+    run_build_release([str(releases["processed"] / "sessions/sample000")], release, "v1", seed=seed,
+                      split_by="window", shard_mb=1.0)
     report = sync.sync_check(release, steps=200)
     held_out = [w for s in R.SPLITS if s != "train" for w in sync.release_features(release, s)]
     trained = {w["window_id"] for w in sync.release_features(release, "train")}

@@ -100,7 +100,7 @@ def _shard_windows(release: str, staged: list[dict], build: int, target_mb: floa
 
 
 @flow(name="build-release", flow_run_name="release-{version}")
-def build_release(sources: list[str], out: str, version: str, seed: int = 0, split_by: str = "window",
+def build_release(sources: list[str], out: str, version: str, seed: int = 0, split_by: str = "sequence",
                   shard_mb: float = 256.0) -> dict:
     logger = get_run_logger()
     info_url = files.join(out, RELEASE_JSON)
@@ -146,7 +146,7 @@ def build_release(sources: list[str], out: str, version: str, seed: int = 0, spl
             "counts": info["counts"], "stats": stat, "qa": report}
 
 
-def run_build_release(sources: list[str], out: str | Path, version: str, seed: int = 0, split_by: str = "window",
+def run_build_release(sources: list[str], out: str | Path, version: str, seed: int = 0, split_by: str = "sequence",
                       shard_mb: float = 256.0) -> dict:
     out = str(out)
     if files.is_local(out):

@@ -86,7 +86,7 @@ def qa_flags(error: np.ndarray, confidence: np.ndarray, outliers: list[list[str]
     return flags
 
 
-def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, split_by: str = "window",
+def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, split_by: str = "sequence",
                     skip: set[str] | frozenset = frozenset()) -> list[Window]:
     """The 8 s windows of one processed segment (a `processed.json` entry), except ids in `skip`."""
     subject, session = index["subject"], index["session_id"]
