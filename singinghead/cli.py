@@ -218,6 +218,7 @@ def demo(
 def _demo_2d(out: Path, vae_checkpoint: str, session: Path) -> None:
     """The demo's 2D part: eye metrics, sync check, a short renderer run and an animated portrait."""
     import cv2
+    import numpy as np
     import skimage.data
     import soundfile as sf
 
@@ -229,14 +230,20 @@ def _demo_2d(out: Path, vae_checkpoint: str, session: Path) -> None:
     from singinghead.trainer.sync import sync_check
 
     release = str(out / "release")
-    eye_table = Table(title="eye states of the released windows (MusicFace: blinks < 0.5 s, long closures)")
-    for col in ("window", "blinks/s", "blink duration (s)", "long closures", "head roughness (deg²/s⁴)"):
+    eye_table = Table(title="eye states of the released sequences (MusicFace: per video; blinks < 0.5 s)")
+    for col in ("sequence", "windows", "blinks/s", "blink duration (s)", "long closures", "head roughness (deg²/s⁴)"):
         eye_table.add_column(col)
+    sequences: dict[str, list[dict]] = {}
     for split in ("train", "val", "test"):
         for w in ReleaseWindows(release, split, fields=("eye_closure", "motion")):
-            stats = eyes.blink_stats(w["eye_closure"].numpy().mean(axis=1))
-            eye_table.add_row(w["window_id"], f"{stats['blinks_per_s']:.2f}", f"{stats['blink_duration_s']:.2f}",
-                              f"{stats['long_closures']:.0f}", f"{eyes.roughness(w['motion'].numpy()):.1f}")
+            sequences.setdefault(w["window_id"].rsplit("_w", 1)[0], []).append(w)
+    for name, ws in sorted(sequences.items()):
+        ws.sort(key=lambda w: w["window_id"])
+        closure = np.concatenate([w["eye_closure"].numpy().mean(axis=1) for w in ws])
+        motion = np.concatenate([w["motion"].numpy() for w in ws])
+        stats = eyes.blink_stats(closure)
+        eye_table.add_row(name, str(len(ws)), f"{stats['blinks_per_s']:.2f}", f"{stats['blink_duration_s']:.2f}",
+                          f"{stats['long_closures']:.0f}", f"{eyes.roughness(motion):.1f}")
     console.print(eye_table)
     with console.status("sync check: training the MS-Sync syncer pyramid on the release's train split"):
         report = sync_check(release, steps=150)

@@ -131,7 +131,7 @@ def test_ict_jaw_reproduces_jaw_open_and_blinks_close_the_eyes(shared_data, mode
     # within a millimetre (the decimated surface and float16 storage; the lips open by 4 cm)
     assert np.linalg.norm(opened[0].numpy() - true_open, axis=1).max() < 1e-3
 
-    from singinghead.tasks.landmarks import eye_aspect_ratio
+    from singinghead.features.face import eye_aspect_ratio
 
     def ear(expression):
         lmk = layer.landmarks(z(100), expression, z(3), z(3), z(3))[0].numpy()

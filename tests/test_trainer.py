@@ -13,7 +13,7 @@ import torch
 from singinghead.samples.layout import write_singinghead_layout
 from singinghead.tasks.interop import import_singinghead
 from singinghead.trainer.data import ReleaseWindows
-from singinghead.trainer.evaluate import COLUMNS, HEAD_COLUMNS, evaluate, table_markdown
+from singinghead.trainer.evaluate import COLUMNS, EYE_COLUMNS, HEAD_COLUMNS, evaluate, table_markdown
 from singinghead.trainer.models.audio import write_random_wav2vec2
 from singinghead.trainer.models.vae import FaceFormerStyle, ModelConfig, UniSingerVAE, alignment_mask
 from singinghead.trainer.train import TrainConfig, train
@@ -141,9 +141,12 @@ def test_evaluate_prints_table_columns(release, tmp_path):
                       warmup_steps=1)
     result = train(cfg, progress=False)
     rows = evaluate(result["checkpoint"], release, "test", (1, 3))
-    assert [r["n"] for r in rows] == [1, 3] and set(COLUMNS + HEAD_COLUMNS) <= set(rows[0])
+    assert [r["n"] for r in rows] == [1, 3] and set(COLUMNS + HEAD_COLUMNS + EYE_COLUMNS) <= set(rows[0])
+    assert rows[0]["device"] == "cpu" and rows[0]["FPS"] == rows[1]["FPS"]  # one per-sample definition for every n
     assert rows[0]["Rough GT"] > 0 and -1 <= rows[0]["CCA pose speed"] <= 1
     assert rows[0]["Diversity"] == 0.0 and rows[0]["LVE mean"] == rows[0]["LVE min"]
     assert rows[1]["LVE min"] <= rows[1]["LVE mean"] and rows[1]["FPS"] > 0
     assert all(rows[1][c] == rows[1][c] for c in ("LVE mean", "FVE mean", "PPE", "MinDist"))  # not NaN
-    assert "| LVE mean |" in table_markdown(rows, "t") and "| CCA pose speed |" in table_markdown(rows, "t")
+    table = table_markdown(rows, "t")
+    assert "| LVE mean |" in table and "| CCA pose speed |" in table and "| CCA eye state |" in table
+    assert "FDD in ×10⁻² mm" in table and "on cpu" in table

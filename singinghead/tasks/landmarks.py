@@ -21,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from singinghead.features.face import eye_closure
 from singinghead.tasks.crop import choose_face, dlib_box, face_analyser
 
 CROP_DETECT_WIDTH = 256  # MTCNN input width of the search window (the face fills about half of it)
@@ -32,14 +33,6 @@ class DenseLandmarks:
     confidence: np.ndarray  # (T,) 0..1
     mouth_opening: np.ndarray  # (T,) inner-lip gap / inter-ocular distance
     eye_closure: np.ndarray  # (T, 2) left, right: 0 open … 1 closed
-
-
-def eye_aspect_ratio(eye: np.ndarray) -> np.ndarray:
-    """EAR of (…, 6, 2) eye contours (dlib order)."""
-    v = np.linalg.norm(eye[..., 1, :] - eye[..., 5, :], axis=-1) + np.linalg.norm(eye[..., 2, :] - eye[..., 4, :],
-                                                                                    axis=-1)
-    h = np.linalg.norm(eye[..., 0, :] - eye[..., 3, :], axis=-1)
-    return v / (2.0 * np.maximum(h, 1e-6))
 
 
 def mouth_opening(lmk: np.ndarray) -> np.ndarray:
@@ -118,7 +111,4 @@ def dense_landmarks(video: str, work_size: int = 512, device: str = "auto", min_
             conf.append(prob * agreement(lmk, box))
             last = box
     lmk = np.asarray(out)
-    ear = np.stack([eye_aspect_ratio(lmk[:, 36:42]), eye_aspect_ratio(lmk[:, 42:48])], axis=1)
-    open_level = np.nanpercentile(ear, 90, axis=0) if np.isfinite(ear).any() else np.ones(2)
-    closure = np.clip(1.0 - ear / np.maximum(open_level, 1e-6), 0.0, 1.0)
-    return DenseLandmarks(lmk, np.asarray(conf), mouth_opening(lmk), closure)
+    return DenseLandmarks(lmk, np.asarray(conf), mouth_opening(lmk), eye_closure(lmk))

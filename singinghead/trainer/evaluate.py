@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from singinghead.features.face import eye_closure
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
 from singinghead.schemas import motion as layout
@@ -23,6 +24,10 @@ from singinghead.trainer.metrics import beat, eyes, motion
 from singinghead.trainer.train import load_for_inference, resolve_assets
 
 HEAD_COLUMNS = ["CCA pose speed", "Rough", "Rough GT"]  # MusicFace's head metrics, first sample
+#: MusicFace's eye metrics (first sample), per sequence: eye closure from the eyelid points of the
+#: 68-landmark embedding of the generated FLAME expression (head pose removed), with the same
+#: definition and per-sequence normalisation as the measured eye closure (features.face).
+EYE_COLUMNS = ["CCA eye state", "Blinks/s", "Blinks/s GT", "Blink s", "Blink s GT"]
 COLUMNS = ["n", "LVE mean", "LVE min", "FVE mean", "FVE min", "FDD", "PPE", "BA", "Diversity", "MinDist",
            "MeanDist", "APD", "FPS"]
 
@@ -41,6 +46,7 @@ def evaluate(checkpoint: str | Path, data: str, split: str = "test", samples: tu
     n_max = max(samples)
     deterministic = cfg.variant != "unisinger"
     per_n: dict[int, dict[str, list[float]]] = {n: {c: [] for c in COLUMNS[1:] + HEAD_COLUMNS} for n in samples}
+    eyelids: dict[str, list[tuple[str, np.ndarray]]] = {}  # sequence → (window id, (2, T, 68, 2) GT and sample 1)
     g = torch.Generator().manual_seed(seed)
     first = None
     for k, w in enumerate(ds):
@@ -65,6 +71,11 @@ def evaluate(checkpoint: str | Path, data: str, split: str = "test", samples: tu
             lmk = layer.landmarks(w["shape"][None].expand(len(m), -1), m[:, layout.EXPRESSION],
                                   m[:, layout.GLOBAL_ORIENT], m[:, layout.NECK], m[:, layout.JAW])
             lmk = lmk.view(len(both), -1, 68, 3)
+            two = both[:2].reshape(-1, layout.MOTION_DIM)
+            zero = torch.zeros(len(two), 3)
+            front = layer.landmarks(w["shape"][None].expand(len(two), -1), two[:, layout.EXPRESSION], zero, zero,
+                                    two[:, layout.JAW]).view(2, -1, 68, 3)[..., :2]
+        eyelids.setdefault(w["window_id"].rsplit("_w", 1)[0], []).append((w["window_id"], front.numpy()))
         audio_beats = beat.audio_beats(w["singing"].numpy())
         for n in samples:
             lv = motion.lve(verts["lips"][1:n + 1], verts["lips"][0])
@@ -87,8 +98,26 @@ def evaluate(checkpoint: str | Path, data: str, split: str = "test", samples: tu
             row["Rough"].append(eyes.roughness(pred[0].numpy()))
             row["Rough GT"].append(eyes.roughness(gt.numpy()))
     fps, device = per_sample_fps(model, first)
+    eye_row = eye_metrics(eyelids)
     return [{"n": n, **{c: float(np.nanmean(v)) if len(v) else float("nan") for c, v in per_n[n].items()},
-             "FPS": fps, "device": device} for n in samples]
+             **eye_row, "FPS": fps, "device": device} for n in samples]
+
+
+def eye_metrics(eyelids: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, float]:
+    """MusicFace's eye-state CCA and blink rate/duration, generated vs ground truth, on each
+    sequence's windows joined in order (eye closure is normalised per sequence), averaged."""
+    cols: dict[str, list[float]] = {c: [] for c in EYE_COLUMNS}
+    for windows in eyelids.values():
+        both = np.concatenate([lmk for _, lmk in sorted(windows, key=lambda item: item[0])], axis=1)
+        gt, gen = eye_closure(both[0]), eye_closure(both[1])
+        if np.ptp(gt) > 1e-9 and np.ptp(gen) > 1e-9:
+            cols["CCA eye state"].append(eyes.canonical_correlation(gen, gt))
+        s_gen, s_gt = eyes.blink_stats(gen.mean(axis=1)), eyes.blink_stats(gt.mean(axis=1))
+        cols["Blinks/s"].append(s_gen["blinks_per_s"])
+        cols["Blinks/s GT"].append(s_gt["blinks_per_s"])
+        cols["Blink s"].append(s_gen["blink_duration_s"])
+        cols["Blink s GT"].append(s_gt["blink_duration_s"])
+    return {c: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for c, v in cols.items()}
 
 
 @torch.no_grad()
@@ -118,8 +147,9 @@ def table_markdown(rows: list[dict], title: str) -> str:
 
     device = rows[0].get("device", "?") if rows else "?"
     units = f"LVE, FVE in mm; FDD in ×10⁻² mm; FPS per sample (batch 1, wav2vec 2.0 included) on {device}."
-    return (f"### {title}\n\n" + table(COLUMNS) + f"\n{units}\n\nMusicFace head metrics (first sample; roughness "
-            "in deg²/s⁴):\n\n" + table(["n", *HEAD_COLUMNS]))
+    return (f"### {title}\n\n" + table(COLUMNS) + f"\n{units}\n\nMusicFace head and eye metrics (first sample; "
+            "roughness in deg²/s⁴; eye state from the generated expression's eyelid points, per sequence):\n\n"
+            + table(["n", *HEAD_COLUMNS, *EYE_COLUMNS]))
 
 
 def split_with_windows(data: str, preferred: str = "test") -> str:
