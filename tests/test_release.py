@@ -296,8 +296,12 @@ def test_renderer_and_animate_make_an_mp4_with_audio(releases, tmp_path):
     assert rend["windows"] == 1 and all(np.isfinite(v) for v in rend["log"][0].values())
     from singinghead.trainer.evaluate_2d import COLUMNS_2D, evaluate_2d
 
-    table4 = evaluate_2d(rend["checkpoint"], str(releases["rel"]), split, max_windows=1, frame_step=60)
-    assert set(COLUMNS_2D) <= set(table4) and table4["size"] == 256 and -1 <= table4["SSIM"] <= 1
+    trained_on = set(torch.load(rend["checkpoint"], weights_only=True)["trained_on"])
+    assert trained_on and all(r["split"] == "train" for r in manifest if r["window_id"] in trained_on)
+    rows = evaluate_2d(rend["checkpoint"], str(releases["rel"]), split, max_windows=1, frame_step=60,
+                       vae_checkpoint=vae["checkpoint"], samples=2)
+    assert [r["motion"] for r in rows] == ["reconstruction", "audio-driven n=2 mean", "audio-driven n=2 best"]
+    assert all(set(COLUMNS_2D) <= set(r) and r["size"] == 256 and r["windows"] == 1 for r in rows)
     photo = tmp_path / "face.png"
     cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
     singing, _ = sf.read(releases["rel"] / manifest[0]["singing_path"], dtype="float32")

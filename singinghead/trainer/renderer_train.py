@@ -52,11 +52,12 @@ def decode_frames(url: str, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def identity_windows(release: str, subject: str, layer: FlameLayer, size: int, max_windows: int | None = None
-                     ) -> list[dict]:
-    rows = [r for r in store.read_manifest(release).to_pylist() if r["subject_id"] == subject]
+def identity_windows(release: str, subject: str, layer: FlameLayer, size: int, max_windows: int | None = None,
+                     split: str = "train") -> list[dict]:
+    """The identity's windows of one split (the renderer never sees the windows it is scored on)."""
+    rows = [r for r in store.read_manifest(release).to_pylist() if r["subject_id"] == subject and r["split"] == split]
     if not rows:
-        raise ValueError(f"{release}: no window of subject {subject!r}")
+        raise ValueError(f"{release}: no {split} window of subject {subject!r}")
     out = []
     for r in sorted(rows, key=lambda r: r["window_id"])[:max_windows]:
         table = pq.read_table(files.join(release, r["shard_path"]))
@@ -75,14 +76,14 @@ def identity_windows(release: str, subject: str, layer: FlameLayer, size: int, m
 
 def train_renderer(release: str, subject: str, out: str | Path, steps: int = 1000, size: int = 256,
                    batch_size: int = 1, lr: float = 2e-4, seed: int = 0, max_windows: int | None = None,
-                   channels: tuple[int, ...] | None = None) -> dict:
+                   channels: tuple[int, ...] | None = None, split: str = "train") -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     random.seed(seed)
     torch.manual_seed(seed)
     flame_dir, _ = resolve_assets(out)
     layer = FlameLayer(load_flame(flame_dir))
-    windows = identity_windows(release, subject, layer, size, max_windows)
+    windows = identity_windows(release, subject, layer, size, max_windows, split)
     reference = windows[0]["frames"][0]
     gen = UNetGenerator(**({"channels": channels} if channels else {}))
     disc = PatchDiscriminator()
@@ -100,7 +101,8 @@ def train_renderer(release: str, subject: str, out: str | Path, steps: int = 100
         log.append({"step": step + 1, **renderer_step(gen, disc, opt_g, opt_d, batch, RendererWeights(), vgg)})
     ckpt = out / "renderer.pt"
     torch.save({"generator": gen.state_dict(), "reference": reference, "subject": subject, "size": size,
-                "channels": list(channels) if channels else None, "perceptual": vgg is not None}, ckpt)
+                "channels": list(channels) if channels else None, "perceptual": vgg is not None,
+                "trained_on": [w["window_id"] for w in windows]}, ckpt)
     files.write_json_atomic(str(out / "renderer_log.json"), log)
     return {"checkpoint": str(ckpt), "steps": steps, "windows": len(windows), "log": log}
 
