@@ -150,3 +150,37 @@ def test_evaluate_prints_table_columns(release, tmp_path):
     table = table_markdown(rows, "t")
     assert "| LVE mean |" in table and "| CCA pose speed |" in table and "| CCA eye state |" in table
     assert "FDD in ×10⁻² mm" in table and "on cpu" in table
+
+
+def test_animate_blends_consecutive_windows_without_a_jump(release, tmp_path):
+    """animate's motion over 20 s: windows overlap by 2 s and are cross-faded, so no frame-to-frame
+    step at a window boundary is larger than the steps inside windows — while windows of motion
+    that differ by a constant (known answer) change by exactly 1/61 per frame across the overlap."""
+    from singinghead.flows.animate import OVERLAP_FRAMES, blend_windows, window_starts
+
+    starts = window_starts(600)
+    assert starts == [0, 180, 360] and starts[-1] + 240 >= 600
+    constant = [torch.full((240, 59), float(k)) for k in range(len(starts))]
+    blended = blend_windows(constant, starts, 600)
+    steps = (blended[1:] - blended[:-1]).abs().amax(dim=1)
+    assert float(steps.max()) == pytest.approx(1 / (OVERLAP_FRAMES + 1), rel=1e-5)
+    assert float(blended[0, 0]) == 0 and float(blended[-1, 0]) == len(starts) - 1
+
+    cfg = TrainConfig(data=release, out=str(tmp_path / "run"), model=TINY, epochs=10, max_steps=2, batch_size=2,
+                      warmup_steps=1)
+    model_dir = train(cfg, progress=False)["checkpoint"]
+    from singinghead.trainer.train import load_for_inference
+
+    model = load_for_inference(model_dir)[0]
+    g = torch.Generator().manual_seed(0)
+    chunks = [model.generate(torch.zeros(1, 100), torch.randn(1, 128000, generator=g) * 0.1,
+                             torch.randn(1, 240, 64, generator=g), generator=g)[0].detach() for _ in starts]
+    motion = blend_windows(chunks, starts, 600)
+    step = (motion[1:] - motion[:-1]).norm(dim=1)
+    boundary = torch.tensor([s + 240 - 1 for s in starts[:-1]] + [s - 1 for s in starts[1:]])
+    inside = torch.ones(len(step), dtype=torch.bool)
+    inside[boundary] = False
+    naive = torch.cat(chunks)  # windows laid end to end: the jump the blend removes
+    jumps = (naive[1:] - naive[:-1]).norm(dim=1)[[239, 479]]
+    assert float(step[boundary].max()) <= float(step[inside].max())
+    assert float(jumps.max()) > float(step[boundary].max())

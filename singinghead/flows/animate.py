@@ -3,7 +3,8 @@
 Shape and camera from the image: MTCNN + dlib 68 landmarks on a square crop twice the face box,
 scaled to a 1024² portrait, and a monocular FLAME fit of that frame with an assumed portrait
 camera (fx = fy = 2000 px at 1024², centred: a single photo has no calibration). Motion: the
-UniSinger VAE (z ~ N(0, I)) per 8 s window of the singing audio and BGM MFCC. Depth video: the
+UniSinger VAE (z ~ N(0, I)) per 8 s window of the singing audio and BGM MFCC, consecutive windows
+overlapping by 2 s and cross-faded there (no jump at window boundaries). Depth video: the
 FLAME meshes rendered with that camera. Frames: the identity's renderer (depth + reference image
 + temporal embedding) when a renderer checkpoint is given, otherwise the depth video itself.
 The singing (mixed with the BGM when given) is muxed in with ffmpeg.
@@ -62,6 +63,38 @@ def _audio_16k(path: Path) -> np.ndarray:
     return signal.resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
+#: Consecutive 8 s windows overlap by this many frames (2 s) and are cross-faded there, so the
+#: motion has no jump where one window's sample ends and the next one's begins.
+OVERLAP_FRAMES = 60
+
+
+def window_starts(frames: int, overlap: int = OVERLAP_FRAMES) -> list[int]:
+    """First frame of each 8 s window covering `frames`, consecutive windows overlapping by `overlap`."""
+    hop = R.WINDOW_FRAMES - overlap
+    return list(range(0, max(frames - overlap, 1), hop))
+
+
+def blend_windows(chunks: list[torch.Tensor], starts: list[int], frames: int, overlap: int = OVERLAP_FRAMES
+                  ) -> torch.Tensor:
+    """(frames, D) motion from windows (each (240, D)) starting at `starts`: in each overlap the
+    earlier window fades out and the later one in linearly (a weighted mean of the two)."""
+    dim = chunks[0].shape[-1]
+    total = torch.zeros(starts[-1] + R.WINDOW_FRAMES, dim)
+    weight = torch.zeros(len(total), 1)
+    ramp = torch.ones(R.WINDOW_FRAMES)
+    ramp[:overlap] = torch.linspace(0, 1, overlap + 2)[1:-1]
+    ramp[-overlap:] = torch.linspace(1, 0, overlap + 2)[1:-1]
+    for k, (start, chunk) in enumerate(zip(starts, chunks, strict=True)):
+        w = ramp.clone()
+        if k == 0:
+            w[:overlap] = 1.0
+        if k == len(chunks) - 1:
+            w[-overlap:] = 1.0
+        total[start:start + R.WINDOW_FRAMES] += w[:, None] * chunk
+        weight[start:start + R.WINDOW_FRAMES] += w[:, None]
+    return (total / weight)[:frames]
+
+
 def animate(image_path: str | Path, audio_path: str | Path, bgm_path: str | Path | None, vae_checkpoint: str | Path,
             out: str | Path, renderer_checkpoint: str | Path | None = None, size: int = 256, seed: int = 0) -> dict:
     image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
@@ -85,17 +118,19 @@ def animate(image_path: str | Path, audio_path: str | Path, bgm_path: str | Path
     frames = int(len(singing) / R.SAMPLE_RATE * 30)
     if frames < 1:
         raise InputError(audio_path, "shorter than one video frame")
-    n_win = -(-frames // R.WINDOW_FRAMES)
-    pad = n_win * R.WINDOW_SAMPLES
+    starts = window_starts(frames)
+    pad = (starts[-1] + R.WINDOW_FRAMES) * R.WINDOW_SAMPLES // R.WINDOW_FRAMES
     sing_p = np.pad(singing[:pad], (0, max(0, pad - len(singing))))
     bgm_p = np.pad(bgm[:pad], (0, max(0, pad - len(bgm))))
     g = torch.Generator().manual_seed(seed)
-    motion = []
-    for k in range(n_win):
-        a, b = k * R.WINDOW_SAMPLES, (k + 1) * R.WINDOW_SAMPLES
+    chunks = []
+    for start in starts:
+        a = start * R.WINDOW_SAMPLES // R.WINDOW_FRAMES
+        b = a + R.WINDOW_SAMPLES
         mfcc = torch.from_numpy(bgm_mfcc_per_frame(bgm_p[a:b], R.WINDOW_FRAMES))[None]
-        motion.append(model.generate(shape[None], torch.from_numpy(sing_p[a:b])[None], mfcc, generator=g)[0])
-    motion = torch.cat(motion)[:frames]
+        with torch.no_grad():
+            chunks.append(model.generate(shape[None], torch.from_numpy(sing_p[a:b])[None], mfcc, generator=g)[0])
+    motion = blend_windows(chunks, starts, frames)
     translation = torch.as_tensor(fit.translation[0], dtype=torch.float32).expand(frames, 3)
     with torch.no_grad():
         depth = render_depth_sequence(layer, shape, motion, translation, torch.tensor(ASSUMED_CAMERA), size)
