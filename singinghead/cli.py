@@ -360,12 +360,18 @@ def evaluate_cmd(
     split: str = typer.Option("test"),
     samples: str = typer.Option("1,10,30", help="Sample counts n (Mean and Min over n)"),
     max_windows: int | None = typer.Option(None, "--max-windows"),
+    ground_truth: bool = typer.Option(False, "--ground-truth",
+                                      help="Also score the ground truth through the same path (the tables' GT row)"),
 ) -> None:
     """Journal Table II metrics (+ MinDist/MeanDist/APD) of a checkpoint on a release split."""
     from singinghead.trainer.evaluate import evaluate, table_markdown
 
-    rows = evaluate(checkpoint, data, split, tuple(int(s) for s in samples.split(",")), max_windows=max_windows)
+    ns = tuple(int(s) for s in samples.split(","))
+    rows = evaluate(checkpoint, data, split, ns, max_windows=max_windows)
     console.print(table_markdown(rows, f"{checkpoint} on {split}"))
+    if ground_truth:
+        rows = evaluate(checkpoint, data, split, ns, max_windows=max_windows, ground_truth_as_prediction=True)
+        console.print(table_markdown(rows, f"ground truth on {split}"))
 
 
 @app.command("sync-check")

@@ -147,6 +147,13 @@ def test_evaluate_prints_table_columns(release, tmp_path):
     assert rows[0]["Diversity"] == 0.0 and rows[0]["LVE mean"] == rows[0]["LVE min"]
     assert rows[1]["LVE min"] <= rows[1]["LVE mean"] and rows[1]["FPS"] > 0
     assert all(rows[1][c] == rows[1][c] for c in ("LVE mean", "FVE mean", "PPE", "MinDist"))  # not NaN
+    truth = evaluate(result["checkpoint"], release, "test", (1, 3), ground_truth_as_prediction=True)
+    for row in truth:  # the ground truth scored as a prediction through evaluate's own path
+        assert all(row[c] == pytest.approx(0, abs=1e-6) for c in ("LVE mean", "LVE min", "FVE mean", "FVE min",
+                                                                     "FDD", "PPE", "MinDist", "MeanDist", "APD",
+                                                                     "Diversity"))
+        assert row["CCA pose speed"] == pytest.approx(1, abs=1e-6) and row["Rough"] == row["Rough GT"]
+        assert row["Blinks/s"] == row["Blinks/s GT"]
     table = table_markdown(rows, "t")
     assert "| LVE mean |" in table and "| CCA pose speed |" in table and "| CCA eye state |" in table
     assert "FDD in ×10⁻² mm" in table and "on cpu" in table
