@@ -52,6 +52,33 @@ def test_fid_is_disabled_without_a_backbone():
         assert image.inception_features(np.zeros((1, 8, 8, 3), np.uint8), None) is None
 
 
+def test_fid_equals_torchmetrics_given_the_same_inception(tmp_path):
+    """Our features and FID against torchmetrics' FrechetInceptionDistance with the same network
+    (a randomly initialised Inception-v3 saved in torchvision's format), on real photos: the
+    astronaut and coffee images, cropped and shifted, as "real" and "fake" sets."""
+    import skimage.data
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception_v3.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(), weights)
+    rng = np.random.default_rng(0)
+
+    def crops(photo: np.ndarray, n: int) -> np.ndarray:
+        ys, xs = rng.integers(0, photo.shape[0] - 256, n), rng.integers(0, photo.shape[1] - 256, n)
+        return np.stack([photo[y:y + 256, x:x + 256] for y, x in zip(ys, xs, strict=True)])
+
+    real, fake = crops(skimage.data.astronaut(), 24), crops(skimage.data.coffee(), 24)
+    ours = image.fid(image.inception_features(real, weights), image.inception_features(fake, weights))
+    metric = FrechetInceptionDistance(feature=image.InceptionFeatures(weights))
+    metric.update(torch.as_tensor(real).permute(0, 3, 1, 2), real=True)
+    metric.update(torch.as_tensor(fake).permute(0, 3, 1, 2), real=False)
+    assert ours == pytest.approx(float(metric.compute()), rel=1e-3)
+    assert ours > 0
+
+
 def test_lpips_loads_user_weights_and_measures_distance(tmp_path):
     import torch
     from torchvision.models import alexnet

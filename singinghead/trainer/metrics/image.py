@@ -9,8 +9,9 @@ distance, beat alignment on landmarks, and the Fréchet distance behind FID.
 - M-LMD / F-LMD: mean L2 distance (pixels) between generated and ground-truth dlib landmarks,
   over the 20 mouth points (48–67) or all 68, averaged over frames.
 - BA on landmarks: motion beats = local minima of the smoothed mean landmark speed.
-- FID: `frechet_distance` of two Gaussians fitted to backbone features; the Inception backbone
-  is a user-provided asset (`inception_features` needs a torchvision Inception-v3 state dict).
+- FID: `frechet_distance` of two Gaussians fitted to Inception-v3 pool features fed as the
+  standard FID feeds them (299², [−1, 1]); the network is a user-provided torchvision state dict.
+  Tested equal to torchmetrics' `FrechetInceptionDistance` given the same network.
 - LPIPS (AlexNet): from user-provided AlexNet and LPIPS linear-layer weights.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from scipy import linalg
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
@@ -94,24 +96,38 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def inception_features(frames: np.ndarray, weights: str | Path | None) -> np.ndarray | None:
-    """(N, 2048) pool features of torchvision's Inception-v3 loaded from a local state dict;
-    None (with a warning) when no weights are provided: FID is then not reported."""
+class InceptionFeatures(torch.nn.Module):
+    """FID's feature extractor: torchvision's Inception-v3 (from a user-provided state dict) up to
+    its 2048-d pool, fed as the standard FID feeds it: uint8 RGB (N, 3, H, W) resized to 299²
+    bilinearly and scaled to [−1, 1] — what the ported FID weights expect (`transform_input`
+    off; not ImageNet's mean/std). A torch module, so torchmetrics' FID can use the same network."""
+
+    num_features = 2048
+
+    def __init__(self, weights: str | Path):
+        from torchvision.models import inception_v3
+
+        super().__init__()
+        net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        net.fc = torch.nn.Identity()
+        self.net = net.eval()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+        return self.net(x / 127.5 - 1.0)
+
+
+def inception_features(frames: np.ndarray, weights: str | Path | None, batch: int = 32) -> np.ndarray | None:
+    """(N, 2048) FID features of (N, H, W, 3) uint8 frames; None (with a warning) when no weights
+    are provided: FID is then not reported."""
     if weights is None:
         warnings.warn("no Inception-v3 weights given: FID disabled", stacklevel=2)
         return None
-    import torch
-    from torchvision.models import inception_v3
-
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    net.fc = torch.nn.Identity()
-    net.eval()
-    x = torch.as_tensor(np.asarray(frames), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
-    x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    with torch.no_grad():
-        return net(x).numpy()
+    net = InceptionFeatures(weights)
+    x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2)
+    return np.concatenate([net(x[i:i + batch]).double().numpy() for i in range(0, len(x), batch)])
 
 
 class LPIPS:
@@ -158,5 +174,5 @@ class LPIPS:
 
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID from two (N, D) feature sets."""
+    """FID from two (N, D) feature sets (unbiased covariances, as torchmetrics and pytorch-fid)."""
     return frechet_distance(real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
