@@ -420,12 +420,13 @@ def evaluate_2d_cmd(
     vae: Path | None = typer.Option(None, "--vae", exists=True, dir_okay=False,
                                     help="UniSinger checkpoint: adds the audio-driven rows (the papers' Table IV)"),
     samples: int = typer.Option(1, "--samples", help="Generated motions per window (mean and best rows)"),
+    frame_step: int = typer.Option(1, "--frame-step", help="Score every k-th frame (faster; BA then n/a)"),
 ) -> None:
     """Journal Table IV columns (FID, LPIPS, SSIM, CPBD, M-LMD, F-LMD, BA) of an identity's renderer:
     the reconstruction row (fitted motion) and, with --vae, audio-driven synthesis."""
     from singinghead.trainer.evaluate_2d import evaluate_2d, table_2d
 
-    console.print(table_2d(evaluate_2d(str(renderer), data, split, max_windows,
+    console.print(table_2d(evaluate_2d(str(renderer), data, split, max_windows, frame_step=frame_step,
                                        vae_checkpoint=str(vae) if vae else None, samples=samples)))
 
 

@@ -92,6 +92,21 @@ def test_tiny_model_overfits(release, tmp_path, monkeypatch):
     losses = [float(r["loss"]) for r in _log(tmp_path / "run")]
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.1 * first, (first, last)
+    # Sampled from the prior (z ~ N(0, I), no teacher forcing), the jaw follows the singing: the
+    # layout's jaw is 0.25 × the syllable envelope, so its truth correlates 1 with it; a model
+    # that ignored the audio would give ~0 (its jaw would not know the window's phase).
+    from singinghead.schemas import motion as layout
+    from singinghead.trainer.train import load_for_inference
+
+    model = load_for_inference(tmp_path / "run/checkpoints/last.pt")[0]
+    g = torch.Generator().manual_seed(0)
+    for w in ReleaseWindows(release, "train", audio=("singing",)):
+        with torch.no_grad():
+            jaw = model.generate(w["shape"][None].expand(4, -1), w["singing"][None].expand(4, -1),
+                                 w["bgm_mfcc"][None].expand(4, -1, -1), generator=g)[..., layout.JAW.start]
+        truth = w["motion"][:, layout.JAW.start]
+        for sample in jaw:
+            assert float(torch.corrcoef(torch.stack([sample, truth]))[0, 1]) > 0.8
 
 
 def test_resume_gives_the_same_next_steps(release, tmp_path):

@@ -10,8 +10,11 @@ without head pose (global and neck zero, jaw kept) in metres and report millimet
 - PPE: L2 of the 6-d head pose (global + neck) per frame, averaged.
 - Diversity: 1/(n(n−1)) Σ_i Σ_{j≠i} ‖L_i − L_j‖² over the 68 landmarks (squared Frobenius norm
   per frame, averaged over frames), in mm².
-- MinDist / MeanDist / APD (conference version), on the 59-d motion: squared L2 per frame,
-  averaged over frames; min / mean over samples against the truth, mean over sample pairs.
+- MinDist / MeanDist / APD (conference paper, §5.1: min over samples of ‖M̂ − M‖², mean over
+  samples, and 1/(n(n−1)) Σ_i Σ_{j≠i} ‖M_i − M_j‖²), on the 59-d motion. The paper's ‖·‖² is
+  written over the whole motion; its Table 2 magnitudes (2.6–2.9 for 59-d FLAME parameters) are
+  those of the per-frame squared norm, so we follow that: squared L2 per frame, averaged over
+  frames (= the whole-sequence norm / T), then min / mean over samples or mean over pairs.
 Mean and Min over samples: the metric of every sample, then its mean or its minimum.
 """
 
