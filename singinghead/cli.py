@@ -86,9 +86,12 @@ def _print_summary(summary: dict) -> None:
         if "song_offset" not in r:
             sync.add_row(take_id, "–", "–", f"[red]{r['status']}[/] {r.get('problem', '')}", "")
             continue
+        def offset(o: dict) -> str:
+            estimate = "none" if o.get("offset_s") is None else f"{o['offset_s']:.3f}"
+            return f"{o['used_s']:.3f} {o['status']} (estimate {estimate}, log {o['log_s']:.3f})"
+
         so, vo = r["song_offset"], r["video_offset"]
-        sync.add_row(take_id, f"{so['offset_s']:.3f} (log {so['log_s']:.3f})",
-                     f"{vo['offset_s']:.3f} (log {vo['log_s']:.3f})", "\n".join(r["flags"]) or "–",
+        sync.add_row(take_id, offset(so), offset(vo), "\n".join(r["flags"]) or "–",
                      "\n".join(Path(u).name for u in summary["audio"].get(take_id, [])))
     console.print(sync)
     motion_reports = files.read_json(summary["motion_report"])

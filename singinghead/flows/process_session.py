@@ -87,9 +87,9 @@ def audio_markdown(session_id: str, reports: dict[str, dict]) -> str:
     header = ["take", "dry vocal → song (s)", "video → mic (s)", "separation", "flags"]
 
     def show(o: dict) -> str:
-        lead = f"margin {o['margin']:.2f}" if "margin" in o else f"peak ×{o['peak_ratio']:.1f}"
-        return (f"{o['used_s']:.3f} used ({o['status']}: estimate {o['offset_s']:.3f}, corr {o['correlation']:.2f}, "
-                f"{lead}; log {o['log_s']:.3f})")
+        estimate = "none" if o.get("offset_s") is None else f"{o['offset_s']:.3f}"
+        return (f"{o['used_s']:.3f} used ({o['status']}: estimate {estimate}, {o.get('evidence', '')}; "
+                f"log {o['log_s']:.3f})")
 
     rows = [
         [take_id, show(r["song_offset"]), show(r["video_offset"]), r["separation"]["backend"],
