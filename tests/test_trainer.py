@@ -206,3 +206,43 @@ def test_animate_blends_consecutive_windows_without_a_jump(release, tmp_path):
     jumps = (naive[1:] - naive[:-1]).norm(dim=1)[[239, 479]]
     assert float(step[boundary].max()) <= float(step[inside].max())
     assert float(jumps.max()) > float(step[boundary].max())
+
+
+def test_ground_truth_on_a_metronome_scores_ba_1(tmp_path):
+    """Known answer for BA through evaluate's own path: the singing is a metronome (a click every
+    0.5 s) and the head nods so that it stops exactly at every click (pose ∝ cos 2πt), so the ground
+    truth fed as the prediction must score BA = 1 — and the same nod a quarter period late (stopping
+    7.5 frames from every click) must score about exp(−7.5²/18) ≈ 0.04. The clicks and the nod are
+    placed by construction, not by the beat detectors under test."""
+    import pickle
+
+    import numpy as np
+    import soundfile as sf
+
+    from singinghead.schemas import motion as layout
+    from singinghead.schemas import release as R
+
+    names = write_singinghead_layout(tmp_path / "layout", windows=2, splits=(0.5, 0.0, 0.5))
+    t = np.arange(R.WINDOW_FRAMES) / layout.FPS
+    rng = np.random.default_rng(1)
+    scores = {}
+    for late in (0.0, 0.25):
+        for name in names:
+            clicks = np.zeros(R.WINDOW_SAMPLES, np.float32)
+            for s in np.arange(0.5, 8, 0.5):
+                clicks[int(s * R.SAMPLE_RATE): int(s * R.SAMPLE_RATE) + 200] = rng.normal(0, 0.5, 200)
+            sf.write(tmp_path / "layout/audio_seqs" / f"{name}.wav", clicks, R.SAMPLE_RATE, subtype="FLOAT")
+            seq = tmp_path / "layout/flame_seqs" / f"{name}.pkl"
+            with open(seq, "rb") as fh:
+                data = pickle.load(fh)
+            data["flame"][:, layout.GLOBAL_ORIENT] = 0.1 * np.cos(2 * np.pi * (t[:, None] - late)) * [1, 0.5, 0.2]
+            data["flame"][:, layout.NECK] = 0
+            with open(seq, "wb") as fh:
+                pickle.dump(data, fh)
+        out = str(tmp_path / f"release{late}")
+        import_singinghead(tmp_path / "layout", out)
+        run = train(TrainConfig(data=out, out=str(tmp_path / f"run{late}"), model=TINY, epochs=1, max_steps=1,
+                                batch_size=1, warmup_steps=1), progress=False)
+        scores[late] = evaluate(run["checkpoint"], out, "test", (1,), ground_truth_as_prediction=True)[0]["BA"]
+    assert scores[0.0] == pytest.approx(1.0, abs=1e-9)
+    assert scores[0.25] == pytest.approx(np.exp(-7.5 ** 2 / 18), abs=0.03)
