@@ -114,11 +114,12 @@ def _print_summary(summary: dict) -> None:
         shape = files.read_json(summary["subject_shape"])
         fit = shape["scan_fit"]
         scan = Table(title="light stage: scan and FLAME scan fit (the subject's final shape)")
-        for col in ("views (missing)", "scan points", "area m²", "holes", "landmarks (px residual)",
+        for col in ("views (missing)", "points (sparse / dense)", "area m²", "holes", "landmarks (px residual)",
                     "scan→FLAME mm (p50 / p95)", "files"):
             scan.add_column(col)
         lmk = report["landmarks"]
-        scan.add_row(f"{report['views']} ({', '.join(report['missing_views']) or '–'})", str(report["points"]),
+        scan.add_row(f"{report['views']} ({', '.join(report['missing_views']) or '–'})",
+                     f"{report.get('sparse_points', '–')} / {report['points']}\n{report.get('dense', '')}",
                      f"{report['surface_area_m2']:.3f}", str(report["holes"]),
                      f"{lmk['landmarks_triangulated']} ({lmk['residual_px_median']:.1f})",
                      f"{fit['scan_to_mesh_mm']['p50']:.2f} / {fit['scan_to_mesh_mm']['p95']:.2f}",

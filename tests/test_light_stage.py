@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import open3d as o3d
 import pyarrow.parquet as pq
@@ -111,22 +112,25 @@ def _face_area(points: np.ndarray, landmarks: np.ndarray, radius_m: float = 0.03
 
 def test_scan_matches_the_true_surface(scan_outputs, truth):
     """Chamfer both ways between the scan and the photographed surface, on the face area.
-    Tolerances: SIFT points triangulated from 51 calibrated 512×640 views at 1 m (≈ 0.5 mm a
-    pixel) land within a fraction of a pixel; the Poisson mesh smooths the face's sharp folds."""
+    Tolerances: the dense stage matches at half the photos' resolution, where a pixel is ≈ 1 mm
+    at the dome's 1 m, and refines depth below a plane: points within half a pixel at the median,
+    2 px at the 95th percentile (measured 0.4 / 1.4 mm); the Poisson mesh averages them (measured
+    0.2 mm median, 0.6 mm p90)."""
     points = np.asarray(o3d.io.read_point_cloud(str(scan_outputs["scan_points.ply"])).points)
     mesh = o3d.io.read_triangle_mesh(str(scan_outputs["scan.ply"]))
     verts, tris = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-    assert len(points) > 3000
+    assert len(points) > 100_000  # dense: every matched pixel, not a few thousand SIFT points
     accuracy = scan_fit.scan_distance(_face_area(points, truth["landmarks"]), truth["vertices"], truth["faces"]) * 1000
-    assert np.median(accuracy) < 0.3 and np.percentile(accuracy, 95) < 1.0  # mm
+    assert np.median(accuracy) < 0.5 and np.percentile(accuracy, 95) < 2.0  # mm
     mesh_accuracy = scan_fit.scan_distance(_face_area(verts, truth["landmarks"]), truth["vertices"], truth["faces"])
-    assert np.median(mesh_accuracy) * 1000 < 0.5 and np.percentile(mesh_accuracy, 90) * 1000 < 2.0
+    assert np.median(mesh_accuracy) * 1000 < 0.4 and np.percentile(mesh_accuracy, 90) * 1000 < 1.2
     completeness = scan_fit.scan_distance(_face_area(truth["samples"], truth["landmarks"]), verts, tris) * 1000
-    # the face is covered; what is not (≈ 6 %) lies under the chin and in the nostrils, which the
+    # the face is covered; what is not (≈ 2 %) lies under the chin and in the nostrils, which the
     # dome's lowest ring (−30°) sees at grazing angles only
-    assert np.median(completeness) < 0.5 and (completeness > 2.0).mean() < 0.1
+    assert np.median(completeness) < 0.4 and (completeness > 2.0).mean() < 0.05
     report = json.loads(scan_outputs["scan_report.json"].read_text())
     assert report["views"] == 51 and report["missing_views"] == []
+    assert report["dense"] == "plane-sweep NCC (CPU, torch)" and report["sparse_points"] > 500
     assert 0.02 < report["surface_area_m2"] < 0.2 and report["holes"] >= 1
 
 
@@ -185,3 +189,56 @@ def test_too_few_views_is_an_error(session_copy):
         p.unlink()
     with pytest.raises(InputError, match="only 5 light-stage views usable"):
         load_rig(photos, session_copy / "light_stage/calibration.json")
+
+
+def _box_depths(cam, lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    z = (corners @ cam.R.T + cam.t)[:, 2]
+    return float(z.min()), float(z.max())
+
+
+def test_dense_stereo_on_real_temple_photos(shared_data, tmp_path):
+    """The dense CPU stage on real calibrated photos: 4 neighbouring views of Middlebury's temple
+    (templeSparseRing) at half resolution, depth searched over the object's published bounding
+    box. Its true surface is not public: the points must lie on the object (inside that tight box
+    ± 5 mm; a sparse ring of 4 views sees the grey cloth under it too, and depth edges against
+    the black backdrop fatten by a pixel or two: ≥ 95 %), and many (the 16-view bench: > 100 000)."""
+    from singinghead.samples import middlebury
+    from singinghead.tasks import mvs
+
+    folder = shared_data / "multiview" / "middlebury_templeSparseRing"
+    rig = load_rig(folder, middlebury.rig_json(folder / "templeSR_par.txt", tmp_path / "calibration.json"))
+    lo, hi = middlebury.bounding_box(folder / "README.txt")
+    cams = rig.cameras[:4]
+    params = mvs.StereoParams(scale=0.5, planes=64, neighbours=3)
+    views = [mvs.View(c, *mvs.load_view(c, params.scale), _box_depths(c, lo, hi)) for c in cams]
+    nbrs = mvs.choose_neighbours(cams, params)
+    assert all(nbrs)
+    points = []
+    for i, view in enumerate(views):
+        mvs.sweep(view, [views[j] for j in nbrs[i]], params)
+    for i, view in enumerate(views):
+        points.append(mvs.consistent_points(view, [views[j] for j in nbrs[i]], params))
+    points = np.concatenate(points)
+    inside = np.all((points >= lo - 0.005) & (points <= hi + 0.005), axis=1)
+    assert len(points) > 10000 and inside.mean() >= 0.95, (len(points), inside.mean())
+
+
+def test_low_texture_photos_fail_with_the_measured_cause(sample_session, tmp_path):
+    """Photos of a smooth, texture-poor surface (the sample's views blurred flat): the step fails
+    naming what it measured (matches per view pair, views without matches, how much of a photo
+    has texture) and the likely cause — not the calibration, which is right."""
+    calib = _calibration(sample_session)
+    cams = calib["cameras"][12:24]  # the −5° ring
+    (tmp_path / "photos").mkdir()
+    for cam in cams:
+        photo = cv2.imread(str(sample_session / "light_stage/photos" / cam["image"]))
+        cv2.imwrite(str(tmp_path / "photos" / cam["image"]), cv2.GaussianBlur(photo, (0, 0), 12))
+    (tmp_path / "calibration.json").write_text(json.dumps(dict(calib, cameras=cams)))
+    rig = load_rig(tmp_path / "photos", tmp_path / "calibration.json")
+    with pytest.raises(InputError) as err:
+        photogrammetry.reconstruct_scan(rig)
+    message = str(err.value)
+    assert "calibration.json" in message and "points reconstructed from the light-stage photos" in message
+    assert "view pairs have verified SIFT matches" in message and "% of a photo has texture" in message
+    assert "too little texture" in message and "calibration does not fit" not in message

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     dask_gpu_resource: bool = False
     #: `GPU` resource of each local-cluster worker when dask_gpu_resource is on.
     local_gpus_per_worker: int = 1
+    #: COLMAP's own (glog) progress lines during photogrammetry; off = errors only.
+    colmap_verbose: bool = False
     #: FLAME 2020/2023 `generic_model.pkl` folder (with landmark embedding and FLAME_masks.pkl).
     flame_dir: Path | None = None
     #: A wav2vec 2.0 checkpoint folder in transformers' format (config.json + weights), e.g.

@@ -3,16 +3,21 @@
 1. COLMAP via pycolmap: SIFT features, exhaustive matching with geometric verification, then
    triangulation with the rig's known poses (`triangulate_points`, COLMAP's point_triangulator:
    the calibrated rig is not re-adjusted). Points with a short track or a large reprojection
-   error are dropped.
-2. Densification. COLMAP's patch-match stereo needs CUDA; without it (this pycolmap wheel) the
-   CPU path is SIFT triangulation at full photo resolution with a relaxed (but verified) track
-   rule, then open3d: statistical outlier removal, normals oriented away from the rig's
-   viewing centre, screened Poisson (depth 8), removal of the low-density Poisson skirt and a
-   crop to the triangulated points' box. When pycolmap has CUDA, patch-match + fusion gives
-   the dense cloud instead (same meshing).
-3. Scan landmarks, the FLAME authors' recipe: dlib's 68 points in the views that see a face
+   error are dropped. These sparse points bound each view's depth range and check the
+   calibration (their reprojection error).
+2. Dense stage on the CPU (`tasks.mvs`): per view, plane-sweep NCC depth against its closest
+   views at half the photos' resolution, filtered by multi-view geometric consistency and fused
+   on a 0.5 mm voxel grid with normals facing the cameras. (COLMAP's patch-match stereo needs
+   CUDA, which this pycolmap build lacks; the report's `dense` says what ran.)
+3. Meshing with open3d: statistical outlier removal, screened Poisson (depth 8), removal of the
+   low-density Poisson skirt and a crop to the points' box.
+4. Scan landmarks, the FLAME authors' recipe: dlib's 68 points in the views that see a face
    (MTCNN box), each landmark triangulated from all those views with LO-RANSAC
    (`pycolmap.estimate_triangulation`), residuals reported in pixels; then snapped to the scan.
+
+When too few points result, the error says what was measured — matches per view pair, views
+with no match, how much of each photo has texture, the sparse points' reprojection error — and
+blames the calibration only when that reprojection error does.
 
 The scan is in metres (the rig's units); its report lists points, surface area and holes
 (boundary loops of the mesh).
@@ -37,12 +42,18 @@ from singinghead.capture_rigs.light_stage import LightStageRig, RigCamera, load_
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import InputError
 from singinghead.schemas.manifest import LightStage
+from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
+from singinghead.tasks import mvs
 
 MAX_REPROJECTION_PX = 2.0
 MIN_TRACK = 3
 POISSON_DEPTH = 8
+MIN_DENSE_POINTS = 5000
+#: Sparse points this far off their observations on average mean the calibration does not fit the photos.
+CALIBRATION_SUSPECT_PX = 1.5
+STEREO = mvs.StereoParams(scale=0.5, planes=64)
 
 
 @dataclass
@@ -88,8 +99,16 @@ def _write_database(recon: pycolmap.Reconstruction, path: Path) -> None:
             db.write_image(image, use_image_id=True)
 
 
+def _colmap_log_level() -> None:
+    """COLMAP logs every image and match through glog: errors only unless asked for."""
+    verbose = get_settings().colmap_verbose
+    pycolmap.logging.minloglevel = int(pycolmap.logging.INFO if verbose else pycolmap.logging.ERROR)
+    pycolmap.logging.stderrthreshold = int(pycolmap.logging.INFO if verbose else pycolmap.logging.ERROR)
+
+
 def triangulate(rig: LightStageRig, work: Path, max_features: int = 8192) -> tuple[np.ndarray, dict]:
     """Sparse points (N, 3) from SIFT matches triangulated with the known poses, and a report."""
+    _colmap_log_level()
     photos = rig.cameras[0].image.parent
     db = work / "database.db"
     reference = known_pose_model(rig)
@@ -115,20 +134,89 @@ def triangulate(rig: LightStageRig, work: Path, max_features: int = 8192) -> tup
     keep = (err < MAX_REPROJECTION_PX) & (track >= MIN_TRACK)
     report = {"triangulated": int(len(xyz)), "kept": int(keep.sum()),
               "reprojection_px_mean": float(err[keep].mean()) if keep.any() else None,
-              "track_length_mean": float(track[keep].mean()) if keep.any() else None}
+              "reprojection_px_mean_all": float(err.mean()) if len(err) else None,
+              "track_length_mean": float(track[keep].mean()) if keep.any() else None,
+              "matches": _match_statistics(db, rig)}
     return xyz[keep], report
 
 
-def mesh_points(points: np.ndarray, viewing_centre: np.ndarray, depth: int = POISSON_DEPTH
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clean the cloud and mesh it (screened Poisson); returns (kept points, vertices, triangles)."""
+def _match_statistics(db: Path, rig: LightStageRig) -> dict:
+    """Verified matches per view pair (median over pairs that have any) and views without one."""
+    names = {}
+    with pycolmap.Database.open(str(db)) as database:
+        for image in database.read_all_images():
+            names[image.image_id] = image.name
+        pair_ids, inliers = database.read_two_view_geometry_num_inliers()
+    per_view = {name: 0 for name in names.values()}
+    counts = []
+    for pair, n in zip(pair_ids, inliers, strict=True):
+        if n <= 0:
+            continue
+        a, b = pycolmap.pair_id_to_image_pair(pair)
+        per_view[names[a]] += n
+        per_view[names[b]] += n
+        counts.append(n)
+    by_name = {c.image.name: c.id for c in rig.cameras}
+    return {"verified_pairs": len(counts), "pairs": len(names) * (len(names) - 1) // 2,
+            "inliers_per_pair_median": float(np.median(counts)) if counts else 0.0,
+            "views_without_matches": sorted(by_name.get(n, n) for n, k in per_view.items() if k == 0)}
+
+
+def photo_texture(rig: LightStageRig, patch: int = 7, min_std: float = mvs.StereoParams.min_std) -> dict:
+    """How much of each photo has texture to match: the share of pixels whose patch has a grey
+    standard deviation of at least `min_std` levels (median over views), and the median contrast."""
+    shares, contrasts = [], []
+    for cam in rig.cameras:
+        grey = cv2.imread(str(cam.image), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+        mean = cv2.blur(grey, (patch, patch))
+        std = np.sqrt(np.maximum(cv2.blur(grey * grey, (patch, patch)) - mean * mean, 0))
+        shares.append(float((std >= min_std).mean()))
+        contrasts.append(float(np.median(std)))
+    return {"textured_share_median": float(np.median(shares)), "patch_std_median": float(np.median(contrasts))}
+
+
+def too_few_points(rig: LightStageRig, n_points: int, sparse: dict, dense: dict) -> str:
+    """The measured cause of a failed reconstruction, in words, and what to try."""
+    m = sparse["matches"]
+    texture = photo_texture(rig)
+    facts = [f"{m['verified_pairs']} of {m['pairs']} view pairs have verified SIFT matches "
+             f"(median {m['inliers_per_pair_median']:.0f} per pair)",
+             f"{len(m['views_without_matches'])} views have none"
+             + (f" ({', '.join(m['views_without_matches'][:8])}{', …' if len(m['views_without_matches']) > 8 else ''})"
+                if m["views_without_matches"] else ""),
+             f"{sparse['kept']} sparse points",
+             f"{100 * texture['textured_share_median']:.0f} % of a photo has texture (patch std ≥ "
+             f"{mvs.StereoParams.min_std:g} grey levels; median patch std {texture['patch_std_median']:.1f})"]
+    if dense.get("per_view"):
+        matched = np.median([v["matched_share"] for v in dense["per_view"].values()])
+        facts.append(f"dense matching kept {100 * matched:.1f} % of the pixels of a view")
+    err = sparse.get("reprojection_px_mean_all")
+    if err is not None and err > CALIBRATION_SUSPECT_PX:
+        facts.append(f"the triangulated points miss their observations by {err:.1f} px on average")
+        advice = "the calibration does not fit the photos: check camera ids, units and the pose convention"
+    elif texture["textured_share_median"] < 0.2 or m["inliers_per_pair_median"] < 30:
+        advice = ("the surface has too little texture to match: light the subject with a projected pattern "
+                  "or more contrast, or use photos at full resolution")
+    else:
+        advice = "too few views see the same surface: add views or check that the photos overlap"
+    return (f"only {n_points} points reconstructed from the light-stage photos: " + "; ".join(facts)
+            + f". Likely cause: {advice}.")
+
+
+def mesh_points(points: np.ndarray, viewing_centre: np.ndarray, depth: int = POISSON_DEPTH,
+                normals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clean the cloud and mesh it (screened Poisson); returns (kept points, vertices, triangles).
+    Without `normals` (oriented), they are estimated and turned away from the viewing centre."""
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    if normals is not None:
+        cloud.normals = o3d.utility.Vector3dVector(normals)
     cloud, _ = cloud.remove_statistical_outlier(nb_neighbors=20, std_ratio=2.0)
-    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=0.01, max_nn=30))
-    normals = np.asarray(cloud.normals)
-    outward = np.asarray(cloud.points) - viewing_centre
-    normals *= np.sign(np.sum(normals * outward, axis=1, keepdims=True))
-    cloud.normals = o3d.utility.Vector3dVector(normals)
+    if normals is None:
+        cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=0.01, max_nn=30))
+        est = np.asarray(cloud.normals)
+        outward = np.asarray(cloud.points) - viewing_centre
+        est *= np.sign(np.sum(est * outward, axis=1, keepdims=True))
+        cloud.normals = o3d.utility.Vector3dVector(est)
     mesh, density = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(cloud, depth=depth)
     density = np.asarray(density)
     mesh.remove_vertices_by_mask(density < np.quantile(density, 0.04))
@@ -176,17 +264,20 @@ def reconstruct_scan(rig: LightStageRig, work: Path | None = None) -> Scan:
     work = Path(tempfile.mkdtemp(prefix="singinghead-scan-")) if own else Path(work)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        points, report = triangulate(rig, work)
+        sparse, report = triangulate(rig, work)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
-    if len(points) < 500:
-        raise InputError(rig.calibration, f"only {len(points)} points triangulated from the light-stage photos: "
-                                          "check the calibration matches the photos")
-    check_units(points, rig.calibration)
-    points, vertices, triangles = mesh_points(points, _viewing_centre(rig.cameras))
-    report.update({"points": int(len(points)), "dense": "patch-match" if pycolmap.has_cuda else "sparse SIFT (CPU)",
-                   **mesh_report(vertices, triangles), "views": len(rig.cameras), "missing_views": rig.missing})
+    if len(sparse) < 20:
+        raise InputError(rig.calibration, too_few_points(rig, len(sparse), report, {}))
+    check_units(sparse, rig.calibration)
+    points, normals, dense = mvs.dense_points(rig.cameras, sparse, STEREO)
+    if len(points) < MIN_DENSE_POINTS:
+        raise InputError(rig.calibration, too_few_points(rig, len(points), report, dense))
+    points, vertices, triangles = mesh_points(points, _viewing_centre(rig.cameras), normals=normals)
+    report.update({"sparse_points": int(len(sparse)), "points": int(len(points)), "dense": dense["method"],
+                   "dense_report": dense, **mesh_report(vertices, triangles), "views": len(rig.cameras),
+                   "missing_views": rig.missing})
     return Scan(points, vertices, triangles, report)
 
 
@@ -299,7 +390,7 @@ def write_scan(scan: Scan, folder: Path) -> dict[str, Path]:
 # --- the processing step -------------------------------------------------------------------------
 
 STEP = "photogrammetry"
-VERSION = "1"
+VERSION = "2"
 
 
 def _identity(catalog: Catalog, root: Path, light_stage: LightStage) -> tuple[dict, dict, LightStageRig]:
@@ -309,7 +400,7 @@ def _identity(catalog: Catalog, root: Path, light_stage: LightStage) -> tuple[di
     inputs = {f"calibration/{p.name}": catalog.raw_checksum(p)[0] for p in calib_files}
     inputs.update({f"photo/{c.id}": catalog.raw_checksum(c.image)[0] for c in rig.cameras})
     params = {"max_reprojection_px": MAX_REPROJECTION_PX, "min_track": MIN_TRACK, "poisson_depth": POISSON_DEPTH,
-              "dense": "patch-match" if pycolmap.has_cuda else "sparse"}
+              "dense": STEREO.as_dict()}
     return params, inputs, rig
 
 
