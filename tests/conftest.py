@@ -46,6 +46,23 @@ def sample_session(tmp_path_factory) -> Path:
     return build_sample_session(tmp_path_factory.mktemp("sample") / "session", seed=0, scan=scan)
 
 
+@pytest.fixture(scope="session")
+def short_session(tmp_path_factory) -> Path:
+    """A short sample session (2 takes × 4 s, own seed, no light stage) for tests about the flow
+    rather than about accuracy (services, broken takes): the same pipeline on a fifth of the frames."""
+    from singinghead.samples.session import build_sample_session
+
+    return build_sample_session(tmp_path_factory.mktemp("short") / "session", seed=7, duration_s=4.0,
+                                light_stage=False)
+
+
+@pytest.fixture()
+def short_session_copy(short_session, tmp_path) -> Path:
+    dst = tmp_path / "short"
+    shutil.copytree(short_session, dst, ignore=shutil.ignore_patterns("ground_truth"))
+    return dst
+
+
 @pytest.fixture()
 def session_copy(sample_session, tmp_path) -> Path:
     """A private copy of the sample session that a test may damage."""
@@ -82,3 +99,23 @@ def processed_sample(sample_session, tmp_path_factory, prefect_harness) -> dict:
     second = run_process_session(sample_session, out)
     return {"out": out, "first": first, "second": second, "raw_before": raw_before,
             "raw_after": snapshot(sample_session), "after_first": after_first, "after_second": snapshot(out)}
+
+
+@pytest.fixture()
+def audio_step(processed_sample):
+    """Run the audio step on one take of a session folder (e.g. a damaged `session_copy`) with the
+    processed sample's crops of that take: returns (refs, crop segments URL, take)."""
+    from singinghead.schemas.manifest import load_manifest
+    from singinghead.storage import files
+    from singinghead.tasks import audio
+
+    def run(session: Path, take_id: str, out: Path):
+        crop_dir = next(Path(processed_sample["out"]).glob(f"sessions/sample000/takes/{take_id}/crop/*"))
+        segments = str(crop_dir / "segments.parquet")
+        take = load_manifest(session).take(take_id)
+        refs = audio.audio_for_take(str(session), "sample000", take, files.sha256_file(session / take.song.file)[0],
+                                    files.sha256_file(session / take.mic)[0], 0.0,
+                                    [files.artifact_ref(segments, kind="segments")], str(out))
+        return refs, segments, take
+
+    return run

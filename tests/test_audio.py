@@ -17,7 +17,6 @@ import torch
 from singinghead.capture_rigs.audio_files import read_audio
 from singinghead.features.audio import bgm_mfcc_per_frame, musicface_mfcc_windows
 from singinghead.schemas.errors import AssetError
-from singinghead.schemas.manifest import load_manifest
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
 from singinghead.tasks import audio, vocal_removal
@@ -34,9 +33,14 @@ def reports(processed_sample):
 
 
 def test_offsets_recovered(reports, gt):
+    """Both offsets against the truth. Song: within 10 ms — a third of a video frame, below the
+    BGM features' 33 ms frames. The builtin separator's soft mask trims the start of every note in
+    the separated song vocal (the voice only wins the mask once it is loud), which moves its onsets
+    ≈ 7 ms late on this song (≈ 0 ms against the true song vocal); the singer's own per-note
+    timing (15 ms jitter over ~25 notes) adds ±3 ms. Video: within 5 ms."""
     for take, info in gt["takes"].items():
         r = reports[take]
-        assert r["song_offset"]["offset_s"] == pytest.approx(info["offsets_s"]["mic_to_song"], abs=0.005), take
+        assert r["song_offset"]["offset_s"] == pytest.approx(info["offsets_s"]["mic_to_song"], abs=0.010), take
         assert r["video_offset"]["offset_s"] == pytest.approx(info["offsets_s"]["video_to_mic"], abs=0.005), take
         assert r["song_offset"]["status"] == r["video_offset"]["status"] == "measured", take  # confident
     # take02's capture log is 100 ms off the truth: flagged, and the measurement is what is used
@@ -52,7 +56,10 @@ def _si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
 
 
 def test_builtin_separator_improves_the_accompaniment(sample_session):
-    """Accompaniment SI-SDR of the builtin separator vs the mixture itself, on both songs."""
+    """Accompaniment SI-SDR of the builtin separator vs the mixture itself, on both songs. The
+    sample's band does not loop (every hit, bass note and pad chord is played afresh, the groove
+    changes bar by bar), so REPET gets no exact repeat: it reaches ≈ 5 dB here (≈ 12 dB on the
+    exact loop the sample used to be), and ≥ 3 dB is what it must keep."""
     for take in ("take01", "take02"):
         song, sr = sf.read(sample_session / f"songs/{take}.flac", dtype="float32")
         truth, _ = sf.read(sample_session / f"ground_truth/{take}_song_accompaniment.wav", dtype="float32")
@@ -60,8 +67,8 @@ def test_builtin_separator_improves_the_accompaniment(sample_session):
         est = vocal_removal.separate_builtin(song, sr)
         np.testing.assert_allclose(est.vocals + est.accompaniment, song, atol=1e-5)
         improvement = _si_sdr(truth, est.accompaniment) - _si_sdr(truth, song)
-        assert improvement > 8.0, (take, improvement)  # measured ≈ 12 dB
-        assert _si_sdr(vocals, est.vocals) - _si_sdr(vocals, song) > 8.0
+        assert improvement > 3.0, (take, improvement)  # measured ≈ 5 dB
+        assert _si_sdr(vocals, est.vocals) - _si_sdr(vocals, song) > 3.0
 
 
 def _tiny_demucs(folder: Path) -> None:
@@ -141,16 +148,13 @@ def test_segment_wavs(processed_sample, reports):
             assert seg["padded_ratio"] == {"singing": 0.0, "bgm": 0.0}
 
 
-def test_click_lands_on_its_sample_and_silence_is_flagged(processed_sample, session_copy, gt, tmp_path):
-    """A click at a known video frame of take01 arrives at the matching sample of its segment's WAV;
+def test_click_lands_on_its_sample_and_silence_is_flagged(processed_sample, session_copy, gt, audio_step, tmp_path):
+    """A click at a known video frame of take02 arrives at the matching sample of its segment's WAV;
     a mic silent over a whole segment is flagged, not crashed on."""
-    out = Path(processed_sample["out"])
-    crop_dir = next(out.glob("sessions/sample000/takes/take01/crop/*"))
-    rows = pq.read_table(crop_dir / "segments.parquet").to_pylist()
-    refs = [files.artifact_ref(str(crop_dir / "segments.parquet"), kind="segments")]
-    v2m = gt["takes"]["take01"]["offsets_s"]["video_to_mic"]
-    mic, sr = sf.read(session_copy / "takes/take01/mic.wav", dtype="float32")
-    seg0, seg1 = rows
+    v2m = gt["takes"]["take02"]["offsets_s"]["video_to_mic"]
+    crop_dir = next(Path(processed_sample["out"]).glob("sessions/sample000/takes/take02/crop/*"))
+    seg0, seg1 = pq.read_table(crop_dir / "segments.parquet").to_pylist()[:2]
+    mic, sr = sf.read(session_copy / "takes/take02/mic.wav", dtype="float32")
     ts = np.asarray(seg1["timestamps_s"])
     frame = seg1["frame_start"] + 120
     click_at = int(round((ts[120] + v2m) * sr))
@@ -159,16 +163,13 @@ def test_click_lands_on_its_sample_and_silence_is_flagged(processed_sample, sess
     a = int(round((seg0["t_start_s"] + v2m) * sr))
     b = int(round((seg0["t_end_s"] + v2m) * sr))
     mic[a:b] = 0.0
-    sf.write(session_copy / "takes/take01/mic.wav", mic, sr, subtype="FLOAT")
-    take = load_manifest(session_copy).take("take01")
-    song_sha = files.sha256_file(session_copy / take.song.file)[0]
-    mic_sha = files.sha256_file(session_copy / take.mic)[0]
-    refs = audio.audio_for_take(str(session_copy), "sample000", take, song_sha, mic_sha, 0.0, refs,
-                                str(tmp_path / "out"))
+    sf.write(session_copy / "takes/take02/mic.wav", mic, sr, subtype="FLOAT")
+    refs, _, _ = audio_step(session_copy, "take02", tmp_path / "out")
     report = audio.read_report(refs)
     wav_url = next(r.url for r in refs if r.meta.get("kind") == "singing" and r.meta["segment_index"] == 1)
     wav, _ = sf.read(wav_url)
-    expected = round((ts[120] - ts[0]) * 16000)
+    # segment sample j is mic time ts[0] + (the video offset the step used) + j / 16 kHz
+    expected = round((ts[120] - ts[0] + v2m - report["video_offset"]["used_s"]) * 16000)
     window = np.abs(wav[expected - 60: expected + 61])  # the voice is hushed ±4 ms around the click
     assert int(np.argmax(window)) - 60 == pytest.approx(0, abs=1), frame
     assert report["segments"][0]["singing"]["flags"] == ["silent"]
@@ -221,20 +222,14 @@ def test_weak_audio_visual_evidence_ends_unverified_and_the_log_is_used():
     assert choose(0.3, est) == (est.offset_s, True, "measured")
 
 
-def test_a_take_whose_mouth_does_not_follow_the_mic_ends_unverified(processed_sample, session_copy, tmp_path):
+def test_a_take_whose_mouth_does_not_follow_the_mic_ends_unverified(session_copy, audio_step, tmp_path):
     """The whole audio step on a take whose mic holds no voice the mouth could follow (steady noise
     at the voice's level): the video offset is `unverified`, the capture log's value is used and the
     report's flags say why; nothing is shifted by a guess."""
-    out = Path(processed_sample["out"])
-    crop_dir = next(out.glob("sessions/sample000/takes/take01/crop/*"))
-    refs = [files.artifact_ref(str(crop_dir / "segments.parquet"), kind="segments")]
     mic, sr = sf.read(session_copy / "takes/take01/mic.wav", dtype="float32")
     noise = np.random.default_rng(0).normal(0, float(np.std(mic)), len(mic)).astype(np.float32)
     sf.write(session_copy / "takes/take01/mic.wav", noise, sr, subtype="FLOAT")
-    take = load_manifest(session_copy).take("take01")
-    refs = audio.audio_for_take(str(session_copy), "sample000", take,
-                                     files.sha256_file(session_copy / take.song.file)[0],
-                                     files.sha256_file(session_copy / take.mic)[0], 0.0, refs, str(tmp_path / "out"))
+    refs, _, take = audio_step(session_copy, "take01", tmp_path / "out")
     video = audio.read_report(refs)["video_offset"]
     assert video["method"] == "envelope"
     assert (video["status"], video["used_s"], video["flagged"]) == ("unverified", take.video_to_mic_s, True)

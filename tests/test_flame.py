@@ -72,8 +72,10 @@ def test_landmark_path_equals_full_mesh(model, dtype):
     assert (layer.landmarks(shape, expr, glob, neck, jaw) - full).abs().max() < 1e-5
     layer.fold_shape(shape[:1])
     folded = layer.landmarks(None, expr[:1].repeat(3, 1), glob[:3], neck[:3], jaw[:3])
-    _, full = layer(shape[:1].repeat(3, 1), expr[:1].repeat(3, 1), glob[:3], neck[:3], jaw[:3])
+    verts, full = layer(shape[:1].repeat(3, 1), expr[:1].repeat(3, 1), glob[:3], neck[:3], jaw[:3])
     assert (folded - full).abs().max() < 1e-5
+    folded_verts, folded_full = layer(None, expr[:1].repeat(3, 1), glob[:3], neck[:3], jaw[:3])  # mesh, folded
+    assert (folded_verts - verts).abs().max() < 1e-5 and (folded_full - full).abs().max() < 1e-5
 
 
 def test_jaw_opens_the_mouth_and_landmarks_sit_on_a_face(model):

@@ -1,6 +1,7 @@
 """process_session under a real Prefect API, on a local Dask cluster of worker processes."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -13,6 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from singinghead.flows.process_session import run_process_session
 from singinghead.schemas.artifacts import IngestReport
 from singinghead.storage import files
+from singinghead.storage.catalog import Catalog
 
 
 def _task_runs(flow_run_id: str):
@@ -48,6 +50,13 @@ def test_takes_ran_as_prefect_tasks_on_dask(two_runs):
     assert all("gpu" in r.tags for r in crop_runs)
     assert all(r.state.is_completed() for r in runs)
     assert two_runs["first"]["submitted"] == ["take01", "take02"]
+    # Dask ran them: every step's catalog entry was written inside a Dask worker process, not here.
+    catalog = Catalog(str(two_runs["out"]))
+    for step in ("ingest", "crop", "audio", "flame_frames", "flame_sequence"):
+        entries = catalog.entries(step)
+        assert len(entries) == 2, step
+        for e in entries:
+            assert e.ran_on["dask_worker"].startswith("tcp://") and e.ran_on["pid"] != os.getpid(), (step, e.ran_on)
 
 
 def test_rerun_does_no_work_and_changes_nothing(two_runs):
@@ -60,23 +69,25 @@ def test_raw_files_untouched(two_runs):
     assert two_runs["raw_after"] == two_runs["raw_before"]
 
 
-def test_broken_takes_are_reported_and_others_finish(session_copy, tmp_path, prefect_harness):
-    video = session_copy / "takes/take02/kinect.mkv"
+def test_broken_takes_are_reported_and_others_finish(short_session_copy, sample_session, tmp_path, prefect_harness):
+    session = short_session_copy
+    video = session / "takes/take02/kinect.mkv"
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
     # take03: take01's video and song with a silent microphone.
-    shutil.copytree(session_copy / "takes/take01", session_copy / "takes/take03")
-    sf.write(session_copy / "takes/take03/mic.wav", np.zeros(48000 * 21, np.float32), 48000, subtype="PCM_24")
-    manifest = yaml.safe_load((session_copy / "session.yaml").read_text())
+    shutil.copytree(session / "takes/take01", session / "takes/take03")
+    sf.write(session / "takes/take03/mic.wav", np.zeros(48000 * 6, np.float32), 48000, subtype="PCM_24")
+    manifest = yaml.safe_load((session / "session.yaml").read_text())
     take03 = dict(manifest["takes"][0], id="take03", video="takes/take03/kinect.mkv", mic="takes/take03/mic.wav")
     manifest["takes"].append(take03)
-    (session_copy / "session.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    # and a light-stage calibration that names one camera twice
-    calib_path = session_copy / "light_stage/calibration.json"
-    calib = json.loads(calib_path.read_text())
+    # and a light stage (the sample's photos) whose calibration names one camera twice
+    shutil.copytree(sample_session / "light_stage/photos", session / "light_stage/photos")
+    calib = json.loads((sample_session / "light_stage/calibration.json").read_text())
     calib["cameras"].append(calib["cameras"][0])
-    calib_path.write_text(json.dumps(calib))
+    (session / "light_stage/calibration.json").write_text(json.dumps(calib))
+    manifest["light_stage"] = {"photos": "light_stage/photos", "calibration": "light_stage/calibration.json"}
+    (session / "session.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
 
-    summary = run_process_session(session_copy, tmp_path / "out")
+    summary = run_process_session(session, tmp_path / "out")
     assert summary["takes"] == {"take01": "ok", "take02": "failed", "take03": "failed"}
     report = IngestReport.model_validate(files.read_json(summary["report"]))
     t2, t3 = report.takes[1], report.takes[2]

@@ -42,10 +42,27 @@ def test_empty_file(session_copy):
     assert _problems(session_copy) == ["takes[0].mic 'takes/take01/mic.wav': file is empty"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file(session_copy):
-    (session_copy / "takes/take01/mic.wav").chmod(0)
-    assert "unreadable" in _problems(session_copy)[0]
+@pytest.mark.parametrize("how", ["broken link", "folder", "no read permission"])
+def test_unreadable_file(session_copy, how):
+    """A file that cannot be read is named with the reason. Permission bits do not stop root (CI
+    runs as root), so that case runs for other users only; a broken link and a folder where the
+    file should be are unreadable for everyone."""
+    mic = session_copy / "takes/take01/mic.wav"
+    mic.unlink()
+    if how == "broken link":
+        mic.symlink_to("mic-on-the-lab-nas.wav")
+        expected = ("takes[0].mic 'takes/take01/mic.wav': unreadable (a broken symbolic link to "
+                    "'mic-on-the-lab-nas.wav')")
+    elif how == "folder":
+        mic.mkdir()
+        expected = "takes[0].mic 'takes/take01/mic.wav': unreadable (a folder, not a file)"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root reads files whatever their mode")
+        mic.write_bytes(b"RIFF")
+        mic.chmod(0)
+        expected = "takes[0].mic 'takes/take01/mic.wav': unreadable (Permission denied)"
+    assert _problems(session_copy) == [expected]
 
 
 def test_unknown_category(session_copy):

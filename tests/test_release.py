@@ -80,22 +80,84 @@ def test_window_counts_and_files(releases):
     assert (releases["rel"] / "qa/index.html").read_text().count("<tr class=") == 2 * expected
 
 
-def test_window_motion_is_the_segment_motion(releases):
-    """A window's arrays are exactly frames [240k, 240k + 240) of its segment's motion table."""
+def _frames(path, size: int = 64) -> np.ndarray:
+    """Every frame of an MP4, decoded and shrunk to size² grey (enough to tell neighbours apart)."""
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([np.asarray(f.to_image().convert("L").resize((size, size)), dtype=np.float32)
+                         for f in c.decode(video=0)])
+
+
+def test_every_window_is_exactly_its_segment_frames(releases):
+    """Window k of a segment holds exactly frames [240k, 240k + 240) of it: motion rows, the 16 kHz
+    singing and BGM samples from 128 000·k, and — decoded and compared frame by frame — the
+    portrait video's frames (each window frame is closest to the segment frame of the same index,
+    not to its neighbours). The sample's take01 segment is long enough for windows k = 0 and 1."""
     index = json.loads((releases["processed"] / "sessions/sample000/processed.json").read_text())
-    manifest = store.read_manifest(str(releases["rel"])).to_pylist()
-    r = next(r for r in manifest if r["session_id"] == "sample000")
-    seg = next(s for s in index["takes"][r["take_id"]]["segments"] if s["segment_index"] == r["segment_index"])
-    table, shape = flame_fit.read_motion(seg["motion"])
-    a = r["start_frame"]
-    shard = pq.read_table(releases["rel"] / r["shard_path"])
-    arrays = store.arrays(shard, ["motion", "shape"])
-    np.testing.assert_array_equal(arrays["motion"][r["shard_row"]],
-                                  np.asarray(table.column("motion").to_pylist()[a:a + 240], dtype=np.float32))
-    np.testing.assert_allclose(arrays["shape"][r["shard_row"]], shape, rtol=1e-6)
-    singing, _ = sf.read(seg["singing"], dtype="float32")
-    window, _ = sf.read(releases["rel"] / r["singing_path"], dtype="float32")
-    np.testing.assert_array_equal(window, singing[a * 16000 // 30: a * 16000 // 30 + R.WINDOW_SAMPLES])
+    rows = [r for r in store.read_manifest(str(releases["rel"])).to_pylist() if r["session_id"] == "sample000"]
+    assert max(r["window_index"] for r in rows) >= 1
+    decoded = {}
+    for r in rows:
+        seg = next(s for s in index["takes"][r["take_id"]]["segments"] if s["segment_index"] == r["segment_index"])
+        k, a = r["window_index"], r["start_frame"]
+        assert a == 240 * k
+        table, shape = flame_fit.read_motion(seg["motion"])
+        arrays = store.arrays(pq.read_table(releases["rel"] / r["shard_path"]), ["motion", "shape"])
+        np.testing.assert_array_equal(arrays["motion"][r["shard_row"]],
+                                      np.asarray(table.column("motion").to_pylist()[a:a + 240], dtype=np.float32))
+        np.testing.assert_allclose(arrays["shape"][r["shard_row"]], shape, rtol=1e-6)
+        for role in ("singing", "bgm"):
+            whole, _ = sf.read(seg[role], dtype="float32")
+            window, _ = sf.read(releases["rel"] / r[f"{role}_path"], dtype="float32")
+            np.testing.assert_array_equal(window, whole[k * R.WINDOW_SAMPLES: (k + 1) * R.WINDOW_SAMPLES])
+        if seg["video"] not in decoded:
+            decoded[seg["video"]] = _frames(seg["video"])
+        segment_frames, window_frames = decoded[seg["video"]], _frames(releases["rel"] / r["video_path"])
+        assert len(window_frames) == 240
+        for j, frame in enumerate(window_frames):
+            candidates = [i for i in (a + j - 1, a + j, a + j + 1) if 0 <= i < len(segment_frames)]
+            errors = [float(np.abs(frame - segment_frames[i]).mean()) for i in candidates]
+            assert candidates[int(np.argmin(errors))] == a + j, (r["window_id"], j, errors)
+            assert min(errors) < 2.0, (r["window_id"], j, errors)  # re-encoded at CRF 18: grey levels off by ~1
+
+
+def test_import_cuts_a_multi_window_sequence_into_its_own_frames(tmp_path):
+    """A SingingHead sequence of 3 windows (720 frames) whose video shows its frame number (as two
+    grey levels) and whose motion carries it too: every imported window's video frames show the
+    frame numbers of its motion rows."""
+    import pickle as pkl
+    import subprocess
+
+    from singinghead.storage.assets import ffmpeg_exe
+
+    src = tmp_path / "layout"
+    for sub in ("video_seqs", "flame_seqs", "audio_seqs", "bgm_seqs"):
+        (src / sub).mkdir(parents=True)
+    n = 3 * R.WINDOW_FRAMES
+    frames = np.zeros((n, 64, 64), np.uint8)
+    for i in range(n):
+        frames[i, :, :32], frames[i, :, 32:] = (i // 32) * 10 + 10, (i % 32) * 7 + 10
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "gray", "-s", "64x64",
+                    "-r", "30", "-i", "-", "-c:v", "libx264", "-crf", "10", "-g", "50", "-pix_fmt", "yuv420p",
+                    str(src / "video_seqs/id0_0_0_0.mp4")], input=frames.tobytes(), check=True)
+    motion = np.zeros((n, 59), np.float32)
+    motion[:, 56] = np.arange(n)  # the frame number in the jaw channel
+    with open(src / "flame_seqs/id0_0_0_0.pkl", "wb") as fh:
+        pkl.dump({"flame": motion, "shape": np.zeros(100, np.float32), "fps": 30}, fh)
+    for name in ("audio_seqs/id0_0_0_0.wav", "bgm_seqs/id0_0_0_0_bgm.wav"):
+        sf.write(src / name, np.zeros(3 * R.WINDOW_SAMPLES, np.float32), R.SAMPLE_RATE)
+    (src / "train.txt").write_text("id0_0_0_0\n")
+    result = interop.import_singinghead(src, str(tmp_path / "imported"))
+    assert result["windows"] == 3 and result["problems"] == []
+    for r in store.read_manifest(str(tmp_path / "imported")).to_pylist():
+        numbers = store.arrays(pq.read_table(tmp_path / "imported" / r["shard_path"]), ["motion"])["motion"][
+            r["shard_row"]][:, 56]
+        shown = _frames(tmp_path / "imported" / r["video_path"], size=64)
+        decoded = np.round((shown[:, :, 4:28].mean(axis=(1, 2)) - 10) / 10) * 32 \
+            + np.round((shown[:, :, 36:60].mean(axis=(1, 2)) - 10) / 7)
+        np.testing.assert_array_equal(decoded, numbers)
+        assert numbers[0] == 240 * r["window_index"]
 
 
 def test_unverified_sync_reaches_the_manifest_the_card_and_the_qa_page(releases):
@@ -273,9 +335,10 @@ def test_sync_check_learns_from_one_split_and_finds_a_delay_in_another(releases,
         assert by_scale[200]["confidence"] > 0.05
 
 
-def test_renderer_and_animate_make_an_mp4_with_audio(releases, tmp_path):
+def test_renderer_and_animate_make_an_mp4_with_audio(releases, tmp_path, monkeypatch):
     """A VAE and a (small) renderer trained briefly on the release, then a photo + 3 s of singing
-    → an MP4 with 90 frames of 256² video and an audio track."""
+    → an MP4 with 90 frames of 256² video and an audio track. evaluate-2d computes FID through
+    Inception-v3 weights saved in torchvision's format (random: the path, not the value, is tested)."""
     import av
     import cv2
     import skimage.data
@@ -298,19 +361,37 @@ def test_renderer_and_animate_make_an_mp4_with_audio(releases, tmp_path):
 
     trained_on = set(torch.load(rend["checkpoint"], weights_only=True)["trained_on"])
     assert trained_on and all(r["split"] == "train" for r in manifest if r["window_id"] in trained_on)
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    inception = tmp_path / "inception_v3.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(), inception)
+    monkeypatch.setenv("SINGINGHEAD_INCEPTION_WEIGHTS", str(inception))
     rows = evaluate_2d(rend["checkpoint"], str(releases["rel"]), split, max_windows=1, frame_step=60,
                        vae_checkpoint=vae["checkpoint"], samples=2)
     assert [r["motion"] for r in rows] == ["reconstruction", "audio-driven n=2 mean", "audio-driven n=2 best"]
     assert all(set(COLUMNS_2D) <= set(r) and r["size"] == 256 and r["windows"] == 1 for r in rows)
+    assert all(np.isfinite(r["FID"]) and r["FID"] > 0 for r in rows)  # rendered frames are not the real ones
     photo = tmp_path / "face.png"
     cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
     singing, _ = sf.read(releases["rel"] / manifest[0]["singing_path"], dtype="float32")
     song = tmp_path / "song.wav"
     sf.write(song, singing[: 3 * 16000], 16000)
-    result = animate(photo, song, None, vae["checkpoint"], tmp_path / "out.mp4", rend["checkpoint"])
-    assert result["frames"] == 90 and result["rendered"]
+    # A renderer whose output layer is set to paint every pixel one known colour (its last
+    # convolution zeroed, its bias tanh⁻¹ of the colour): the video must show exactly that colour,
+    # so the frames are the renderer's, not the depth video animate makes without one.
+    state = torch.load(rend["checkpoint"], weights_only=True)
+    colour = np.array([200.0, 40.0, 90.0])
+    state["generator"]["out.weight"].zero_()
+    state["generator"]["out.bias"].copy_(torch.atanh(torch.as_tensor(colour / 127.5 - 1)))
+    painter = tmp_path / "painter.pt"
+    torch.save(state, painter)
+    result = animate(photo, song, None, vae["checkpoint"], tmp_path / "out.mp4", painter)
+    assert result["frames"] == 90
     with av.open(str(tmp_path / "out.mp4")) as c:
         v, a = c.streams.video[0], c.streams.audio[0]
         assert (v.codec_context.width, v.codec_context.height) == (256, 256)
-        assert sum(1 for _ in c.decode(v)) == 90
+        frames = [f.to_ndarray(format="rgb24").astype(float) for f in c.decode(v)]
         assert a.codec_context.sample_rate == 16000
+    assert len(frames) == 90
+    assert all(np.abs(f.reshape(-1, 3).mean(0) - colour).max() < 3 for f in frames)

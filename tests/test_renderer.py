@@ -55,3 +55,27 @@ def test_one_training_step_updates_both_networks():
         warnings.simplefilter("error")
         # a second step: the losses stay finite
         assert all(v == v for v in renderer_step(gen, disc, opt_g, opt_d, batch, RendererWeights(), None).values())
+
+
+def test_perceptual_loss_runs_from_vgg19_weights_in_torchvision_format(tmp_path):
+    """The weighted path: a (randomly initialised) VGG-19 saved as torchvision saves it is loaded
+    by `perceptual_loss`; its loss is 0 for an image against itself, grows with the difference,
+    and joins the generator's losses in a training step."""
+    from torchvision.models import vgg19
+
+    torch.manual_seed(0)
+    weights = tmp_path / "vgg19.pth"
+    torch.save(vgg19(weights=None).state_dict(), weights)
+    vgg = perceptual_loss(weights)
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    noise = torch.randn(1, 3, 64, 64, generator=g)
+    assert float(vgg(a, a)) == 0.0
+    assert 0 < float(vgg(a, (a + 0.1 * noise).clamp(-1, 1))) < float(vgg(a, (a + 0.5 * noise).clamp(-1, 1)))
+    gen, disc = UNetGenerator(channels=(8, 16, 32, 32, 32, 32, 32, 32)), PatchDiscriminator()
+    opt_g, opt_d = torch.optim.Adam(gen.parameters(), 2e-4), torch.optim.Adam(disc.parameters(), 2e-4)
+    batch = {"depth": torch.rand(1, 1, 256, 256, generator=g),
+             "reference": torch.rand(1, 3, 256, 256, generator=g) * 2 - 1,
+             "target": torch.rand(1, 3, 256, 256, generator=g) * 2 - 1, "frame": torch.tensor([5])}
+    losses = renderer_step(gen, disc, opt_g, opt_d, batch, RendererWeights(), vgg)
+    assert losses["perceptual"] > 0 and set(losses) == {"d", "g", "gan", "l1", "feature_matching", "perceptual"}

@@ -66,12 +66,10 @@ def test_weights_load_safely(tmp_path):
         syncnet.load_syncnet(tmp_path / "missing.model")
 
 
-def test_audio_step_measures_with_syncnet_when_its_weights_are_set(processed_sample, session_copy, tmp_path,
-                                                                    monkeypatch):
+def test_audio_step_measures_with_syncnet_when_its_weights_are_set(session_copy, audio_step, tmp_path, monkeypatch):
     """With SINGINGHEAD_SYNCNET_WEIGHTS set, the audio step runs SyncNet on every portrait frame
     with a face (25 fps windows of 0.2 s), reports its confidence, decides `measured` from it, and
     the weights' hash keys the cache (other weights → the step runs again)."""
-    from singinghead.schemas.manifest import load_manifest
     from singinghead.storage import files
     from singinghead.tasks import audio
 
@@ -80,18 +78,14 @@ def test_audio_step_measures_with_syncnet_when_its_weights_are_set(processed_sam
     torch.save(syncnet.SyncNet().state_dict(), weights)
     monkeypatch.setenv("SINGINGHEAD_SYNCNET_WEIGHTS", str(weights))
 
-    out = Path(processed_sample["out"])
-    crop_dir = next(out.glob("sessions/sample000/takes/take01/crop/*"))
-    crop_refs = [files.artifact_ref(str(crop_dir / "segments.parquet"), kind="segments")]
-    take = load_manifest(session_copy).take("take01")
+    refs, segments, take = audio_step(session_copy, "take01", tmp_path / "out")
+    crop_refs = [files.artifact_ref(segments, kind="segments")]
     song_sha = files.sha256_file(session_copy / take.song.file)[0]
     mic_sha = files.sha256_file(session_copy / take.mic)[0]
-    refs = audio.audio_for_take(str(session_copy), "sample000", take, song_sha, mic_sha, 0.0, crop_refs,
-                                str(tmp_path / "out"))
     report = audio.read_report(refs)
     video = report["video_offset"]
     assert video["method"] == "syncnet"
-    frames = sum(len(r["timestamps_s"]) for r in files.read_parquet(str(crop_dir / "segments.parquet")).to_pylist())
+    frames = sum(len(r["timestamps_s"]) for r in files.read_parquet(segments).to_pylist())
     assert video["windows"] >= 0.9 * frames * syncnet.FPS / 30 - 10  # a face in (nearly) every frame
     assert np.isfinite(video["confidence"])
     assert video["confident"] == (video["confidence"] >= 3.0 and not video["at_edge"])

@@ -158,9 +158,9 @@ def test_evaluate_prints_table_columns(release, tmp_path):
     rows = evaluate(result["checkpoint"], release, "test", (1, 3))
     assert [r["n"] for r in rows] == [1, 3] and set(COLUMNS + HEAD_COLUMNS + EYE_COLUMNS) <= set(rows[0])
     assert rows[0]["device"] == "cpu" and rows[0]["FPS"] == rows[1]["FPS"]  # one per-sample definition for every n
-    assert rows[0]["Rough GT"] > 0 and -1 <= rows[0]["CCA pose speed"] <= 1
     assert rows[0]["Diversity"] == 0.0 and rows[0]["LVE mean"] == rows[0]["LVE min"]
-    assert rows[1]["LVE min"] <= rows[1]["LVE mean"] and rows[1]["FPS"] > 0
+    # three samples from three latent codes differ, so the best of them beats their mean
+    assert rows[1]["Diversity"] > 0 and rows[1]["LVE min"] < rows[1]["LVE mean"] and rows[1]["FPS"] > 0
     assert all(rows[1][c] == rows[1][c] for c in ("LVE mean", "FVE mean", "PPE", "MinDist"))  # not NaN
     truth = evaluate(result["checkpoint"], release, "test", (1, 3), ground_truth_as_prediction=True)
     for row in truth:  # the ground truth scored as a prediction through evaluate's own path

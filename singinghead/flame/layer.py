@@ -58,7 +58,7 @@ class FlameLayer(nn.Module):
         self.register_buffer("j_template", t(model.J_regressor @ model.v_template))  # (5, 3)
         j_dirs = np.einsum("jv,vck->jck", model.J_regressor, dirs)
         self.register_buffer("j_dirs", t(j_dirs.reshape(-1, dirs.shape[2]).T))  # (K, 5·3)
-        self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.folded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def pose(global_orient, neck, jaw, eyes=None) -> torch.Tensor:
@@ -67,9 +67,15 @@ class FlameLayer(nn.Module):
         return torch.cat([global_orient, neck, jaw, eyes], dim=1)
 
     def forward(self, shape, expression, global_orient, neck, jaw, eyes=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vertices (B, V, 3), landmarks (B, 68, 3)) in metres, model space."""
-        betas = torch.cat([shape, expression], dim=1)
-        verts, _ = lbs(betas, self.pose(global_orient, neck, jaw, eyes), self.v_template, self.shapedirs,
+        """(vertices (B, V, 3), landmarks (B, 68, 3)) in metres, model space. `shape` may be None
+        when it has been folded with `fold_shape` (the shaped template is then blended once)."""
+        if shape is None:
+            if self.folded is None:
+                raise ValueError("forward(shape=None) needs fold_shape(shape) first")
+            template, dirs, betas = self.folded[2], self.shapedirs[:, :, self.n_shape:], expression
+        else:
+            template, dirs, betas = self.v_template, self.shapedirs, torch.cat([shape, expression], dim=1)
+        verts, _ = lbs(betas, self.pose(global_orient, neck, jaw, eyes), template, dirs,
                        self.posedirs, self.J_regressor, self.parents, self.weights)
         b = verts.shape[0]
         lmk = vertices2landmarks(verts, self.faces, self.lmk_faces_idx.repeat(b, 1),
@@ -97,13 +103,15 @@ class FlameLayer(nn.Module):
         return (rot_v @ v[..., None])[..., 0] + torch.einsum("sj,bjm->bsm", w, t)
 
     def fold_shape(self, shape: torch.Tensor | None) -> None:
-        """Fix the subject's shape (1, n_shape): its offsets join the landmark path's template."""
+        """Fix the subject's shape (1, n_shape): its offsets join the landmark path's template and
+        the full mesh's template (both paths then blend only the expression)."""
         if shape is None:
             self.folded = None
             return
         n = self.n_shape
         self.folded = (self.p_template + self.p_dirs[:, :n] @ shape[0][:, None],
-                       self.j_template.flatten() + shape[0] @ self.j_dirs[:n])
+                       self.j_template.flatten() + shape[0] @ self.j_dirs[:n],
+                       self.v_template + torch.einsum("vck,k->vc", self.shapedirs[:, :, :n], shape[0]))
 
     def chain(self, rot: torch.Tensor, joints: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotations (B, n, 3, 3) and translations (B, n, 3) of joints 0…n−1 relative to the rest

@@ -2,8 +2,8 @@
 
 No TTS engine, no network, bit-identical on every machine: a source–filter singer (harmonic
 glottal source with vibrato, shaped by vowel formants, per-note attack/release) and a
-drum + bass + pad accompaniment on a tempo grid. The note envelope × vowel openness is the
-mouth-opening ground truth that animates the face.
+drum + bass + pad accompaniment played like a band (humanised, changing bar by bar: no loop).
+The note envelope × vowel openness is the mouth-opening ground truth that animates the face.
 """
 
 from __future__ import annotations
@@ -122,30 +122,95 @@ def sing(
     return (0.5 * voice).astype(np.float32), mouth.astype(np.float32)
 
 
+#: Per bar: which eighth-note steps get a kick / snare (several grooves, chosen bar by bar).
+GROOVES = (
+    ((0, 4), (2, 6)),
+    ((0, 3, 4), (2, 6)),
+    ((0, 5), (2, 6, 7)),
+    ((0, 2, 4, 5), (6,)),
+)
+#: Chord progressions as semitones above the song's root (changed every bar).
+PROGRESSIONS = ((0, 5, 7, 5), (0, 9, 5, 7), (0, 7, 9, 5), (0, 3, 5, 7))
+
+
+def _hit(kind: str, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """One drum hit, synthesised afresh (no two hits are the same samples)."""
+    t = np.arange(int(0.3 * sr)) / sr
+    if kind == "kick":
+        f0 = rng.uniform(45, 58)
+        return np.sin(2 * np.pi * (f0 + rng.uniform(60, 100) * np.exp(-t * 40)) * t) * np.exp(-t * rng.uniform(14, 22))
+    if kind == "snare":
+        body = np.sin(2 * np.pi * rng.uniform(170, 210) * t) * np.exp(-t * 25) * 0.3
+        return (rng.standard_normal(len(t)) * np.exp(-t * rng.uniform(22, 35)) * 0.5 + body)
+    if kind == "tom":
+        f0 = rng.uniform(90, 160)
+        return np.sin(2 * np.pi * f0 * (1 + 0.3 * np.exp(-t * 20)) * t) * np.exp(-t * 12) * 0.7
+    return np.diff(rng.standard_normal(len(t) + 1)) * np.exp(-t * rng.uniform(60, 120)) * 0.15  # hi-hat
+
+
 def accompaniment(duration_s: float, sr: int, bpm: float, notes: list[Note], rng: np.random.Generator) -> np.ndarray:
-    """Stereo drums (kick, snare, hi-hat), bass on the beat and a sustained pad."""
+    """Stereo drums, bass and pad played like a band, not a loop: every hit synthesised afresh with
+    its own velocity and timing (±10 ms), the groove changing bar by bar with tom fills every
+    fourth bar, a chord progression changing per bar that the bass walks through (with passing
+    notes and octave jumps), and a pad that follows the chords with a slow swell and detune. A
+    repetition-based separator (REPET) gets no exact repeat to lean on."""
     n = int(round(duration_s * sr))
     beat = 60.0 / bpm
+    eighth = beat / 2
     out = np.zeros(n)
-    t_hit = np.arange(int(0.25 * sr)) / sr
-    kick = np.sin(2 * np.pi * (50 + 80 * np.exp(-t_hit * 40)) * t_hit) * np.exp(-t_hit * 18)
-    snare = rng.standard_normal(len(t_hit)) * np.exp(-t_hit * 30) * 0.5
-    hat = np.diff(rng.standard_normal(len(t_hit) + 1)) * np.exp(-t_hit * 90) * 0.15
+    pad = np.zeros(n)
     root = 45 + (int(notes[0].midi) % 12 if notes else 0)
-    for i, start in enumerate(np.arange(0, duration_s, beat / 2)):
-        a = int(start * sr)
-        for sound, on in ((kick, i % 4 == 0), (snare, i % 4 == 2), (hat, True)):
-            if on:
-                b = min(a + len(sound), n)
-                out[a:b] += sound[: b - a]
-        if i % 2 == 0:  # bass note per beat
-            b = min(a + int(beat * sr), n)
-            tb = np.arange(b - a) / sr
-            f = 440 * 2 ** ((root + (0, 5, 7, 5)[(i // 2) % 4] - 69) / 12)
-            out[a:b] += 0.25 * np.sin(2 * np.pi * f * tb) * np.exp(-tb * 3)
+    bar_s = 8 * eighth
+    progression = PROGRESSIONS[rng.integers(len(PROGRESSIONS))]
+
+    def add(sound: np.ndarray, at_s: float, gain: float, into: np.ndarray = out) -> None:
+        a = int(round(at_s * sr))
+        if 0 <= a < n:
+            b = min(a + len(sound), n)
+            into[a:b] += gain * sound[: b - a]
+
+    for bar in range(int(np.ceil(duration_s / bar_s))):
+        t0 = bar * bar_s
+        if bar % 4 == 0:
+            progression = PROGRESSIONS[rng.integers(len(PROGRESSIONS))]
+        chord = progression[bar % 4]
+        kicks, snares = GROOVES[rng.integers(len(GROOVES))]
+        fill = bar % 4 == 3
+        for step in range(8):
+            at = t0 + step * eighth
+            jitter = lambda: rng.normal(0, 0.006)  # noqa: E731 (humanised timing, ≈ ±10 ms)
+            if fill and step >= 4:
+                for k in range(2):  # sixteenth-note tom roll down the kit
+                    add(_hit("tom", sr, rng), at + k * eighth / 2 + jitter(), rng.uniform(0.5, 0.9))
+                continue
+            if step in kicks:
+                add(_hit("kick", sr, rng), at + jitter(), rng.uniform(0.75, 1.0))
+            if step in snares:
+                add(_hit("snare", sr, rng), at + jitter(), rng.uniform(0.6, 1.0))
+            elif rng.random() < 0.12:  # ghost note
+                add(_hit("snare", sr, rng), at + jitter(), rng.uniform(0.1, 0.25))
+            if rng.random() < 0.9:
+                add(_hit("hat", sr, rng), at + jitter(), rng.uniform(0.4, 1.0) * (1.0 if step % 2 == 0 else 0.6))
+        # bass: the chord's root on the beats, sometimes a fifth, an octave or a passing note
+        for b in range(4):
+            at = t0 + b * beat + rng.normal(0, 0.005)
+            interval = chord + (0, 7, 12, 2, -2)[rng.choice(5, p=(0.55, 0.15, 0.1, 0.1, 0.1))]
+            length = beat * rng.uniform(0.5, 0.95)
+            tb = np.arange(int(length * sr)) / sr
+            f = 440 * 2 ** ((root + interval - 69) / 12)
+            tone = np.sin(2 * np.pi * f * tb) + 0.3 * np.sin(4 * np.pi * f * tb)
+            add(tone * np.exp(-tb * rng.uniform(2, 5)) * np.minimum(1, (length - tb) / 0.01), at,
+                0.22 * rng.uniform(0.7, 1.0))
+        # pad: the bar's chord, voiced a little differently each time, slowly detuned
+        tp = np.arange(int(bar_s * sr) + int(0.05 * sr)) / sr
+        voicing = [chord + 24 + k + 12 * (rng.random() < 0.3) for k in (0, 4 if rng.random() < 0.6 else 3, 7)]
+        tone = sum(np.sin(2 * np.pi * 440 * 2 ** ((root + v - 69) / 12) * (1 + 0.002 * rng.standard_normal()) * tp)
+                   for v in voicing)
+        fade = np.minimum(1, np.minimum(tp, tp[-1] - tp) / 0.05)
+        add(tone * fade, t0, 1.0, pad)
     t = np.arange(n) / sr
-    pad = sum(np.sin(2 * np.pi * 440 * 2 ** ((root + 24 + k - 69) / 12) * t) for k in (0, 4, 7))
-    out += 0.04 * pad
+    pad *= 0.03 + 0.02 * np.sin(2 * np.pi * t / rng.uniform(5, 9) + rng.uniform(0, 6))  # a slow swell
+    out += pad
     out /= max(np.abs(out).max(), 1e-9)
     left, right = 0.35 * out, 0.35 * np.roll(out, int(0.0007 * sr))
     return np.stack([left, right], axis=1).astype(np.float32)

@@ -125,7 +125,10 @@ def _check_path(root: Path, rel: str, where: str, want_dir: bool = False) -> str
     """Problem with one manifest path, or None. Paths must stay inside the session folder."""
     if os.path.isabs(rel):
         return f"{where} {rel!r}: absolute paths are not allowed; give a path inside the session folder"
-    full = (root / rel).resolve()
+    link = root / rel
+    if link.is_symlink() and not link.exists():
+        return f"{where} {rel!r}: unreadable (a broken symbolic link to {os.readlink(link)!r})"
+    full = link.resolve()
     if not full.is_relative_to(root.resolve()):
         return f"{where} {rel!r}: path escapes the session folder"
     if not full.exists():
@@ -134,7 +137,8 @@ def _check_path(root: Path, rel: str, where: str, want_dir: bool = False) -> str
         return f"{where} {rel!r}: is not a folder"
     if not want_dir:
         if not full.is_file():
-            return f"{where} {rel!r}: is not a file"
+            return f"{where} {rel!r}: unreadable (a folder, not a file)" if full.is_dir() \
+                else f"{where} {rel!r}: is not a file"
         try:
             with open(full, "rb") as fh:
                 fh.read(1)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,18 @@ class CatalogEntry(BaseModel):
     outputs: list[ArtifactRef]
     meta: dict[str, Any] = Field(default_factory=dict)
     finished_at: float = 0.0
+    ran_on: dict[str, Any] = Field(default_factory=dict)  # host, pid, Dask worker: where it was made
+
+
+def where_running() -> dict[str, Any]:
+    """This process: host, pid and, inside a Dask worker, the worker's address (None elsewhere)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):
+        worker = None
+    return {"host": socket.gethostname(), "pid": os.getpid(), "dask_worker": worker}
 
 
 def cache_key(step: str, version: str, params: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -72,7 +86,7 @@ class Catalog:
         key = cache_key(step, version, params, inputs)
         entry = CatalogEntry(
             step=step, version=version, key=key, params=params, inputs=inputs,
-            outputs=outputs, meta=meta or {}, finished_at=time.time(),
+            outputs=outputs, meta=meta or {}, finished_at=time.time(), ran_on=where_running(),
         )
         files.write_json_atomic(self._entry_url(step, key), entry.model_dump(mode="json"))
         return entry

@@ -164,7 +164,7 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
     """Sequence reprojection optimisation with the subject's shape fixed (see module docstring).
 
     `full_mesh` evaluates the landmarks through the whole skinned mesh (smplx LBS) instead of the
-    landmark-only path: same result, for benchmarking.
+    landmark-only path (the shape folded into its template too): same result, for benchmarking.
     """
     dt = layer.p_template.dtype
     target, w = _targets(lmk2d, confidence, dt)
@@ -184,7 +184,7 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
 
     def landmarks():
         if full_mesh:
-            return layer(shape_t.expand(T, -1), expr, glob, neck, _jaw(pitch))[1]
+            return layer(None, expr, glob, neck, _jaw(pitch))[1]  # the shape folded as below
         return layer.landmarks(None, expr, glob, neck, _jaw(pitch))
 
     def diff2(x):

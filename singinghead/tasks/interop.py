@@ -28,9 +28,10 @@ from singinghead.features.audio import bgm_mfcc_per_frame
 from singinghead.flame.io import safe_load_pickle
 from singinghead.schemas import motion as layout
 from singinghead.schemas import release as R
-from singinghead.schemas.errors import InputError
+from singinghead.schemas.errors import InputError, SingingHeadError
 from singinghead.storage import files
 from singinghead.storage import release as store
+from singinghead.tasks.windows import cut_video
 
 NAME = re.compile(r"^id(\d+)_(\d+)_(\d+)_(\d+)$")
 
@@ -117,7 +118,8 @@ def _audio_16k(path: Path, n: int) -> np.ndarray:
 
 def import_singinghead(src: str | Path, release: str, version: str = "imported", shard_mb: float = 256.0) -> dict:
     """Read a SingingHead-layout folder into a new release (shards, manifest, card). Each name
-    becomes one window per full 240 frames of its motion; its split is the layout's."""
+    becomes one window per full 240 frames of its motion, with the matching 240 frames of its
+    video (cut when the sequence holds several windows); its split is the layout's."""
     src = Path(src)
     if files.exists(files.join(release, store.MANIFEST)):
         raise InputError(Path(str(release)), "already holds a release; import into an empty folder")
@@ -150,7 +152,15 @@ def import_singinghead(src: str | Path, release: str, version: str = "imported",
                 a, b = k * R.WINDOW_FRAMES, (k + 1) * R.WINDOW_FRAMES
                 sa, sb = k * R.WINDOW_SAMPLES, (k + 1) * R.WINDOW_SAMPLES
                 media = {"video": f"media/{wid}.mp4", "singing": f"media/{wid}.wav", "bgm": f"media/{wid}_bgm.wav"}
-                files.write_bytes_atomic(files.join(release, media["video"]), video.read_bytes())
+                if n_win == 1:  # the layout's own window video
+                    files.write_bytes_atomic(files.join(release, media["video"]), video.read_bytes())
+                else:  # a longer sequence: each window gets its own frames [240k, 240k + 240)
+                    try:
+                        with files.atomic_output(files.join(release, media["video"])) as tmp:
+                            cut_video(str(video), a, tmp)
+                    except SingingHeadError as exc:
+                        problems.append(f"{video}: window {k}: {exc}")
+                        continue
                 for role, data in (("singing", singing[sa:sb]), ("bgm", bgm[sa:sb])):
                     with files.atomic_output(files.join(release, media[role])) as tmp:
                         sf.write(tmp, data, R.SAMPLE_RATE, subtype="FLOAT", format="WAV")

@@ -4,8 +4,9 @@ Audio beats: onsets of the percussive part's onset strength (librosa HPSS + onse
 10 ms hop, so an onset is placed within ~5 ms before rounding to a 30 fps frame; librosa's default
 32 ms hop alone moves beats by a frame). Motion beats: local minima of the Gaussian-smoothed
 (σ = 5 frames) speed of the 6-d head pose, the speed taken at each frame (central difference),
-so a head that stops at frame k has its beat at k, not half a frame later. BA = mean over audio beats of exp(−d² / (2·9)), d = distance in
-frames to the nearest motion beat. NaN when the audio has no beat; 0 when the motion has none.
+so a head that stops at frame k has its beat at k, not half a frame later. BA = mean over audio
+beats of exp(−d² / (2·9)), d = distance in frames to the nearest motion beat. NaN when the audio
+has no beat; 0 when the motion has none.
 """
 
 from __future__ import annotations
