@@ -7,8 +7,10 @@ OUT ?= demo-output
 setup:
 	@bash scripts/setup.sh
 
+# With ../shared beside the repo (as in CI) the light stage photographs the real face scan there.
+SCAN := ../shared/data/face_scan
 demo: setup
-	$(PY) -m singinghead.cli demo --out $(OUT)
+	$(PY) -m singinghead.cli demo --out $(OUT) $(if $(wildcard $(SCAN)/james.obj),--scan $(SCAN)/james.obj --scan-landmarks $(SCAN)/james.ljson)
 
 lint: setup
 	.venv/bin/ruff check singinghead tests bench

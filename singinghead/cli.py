@@ -181,19 +181,30 @@ def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", help="Where the demo writes everything"),
     seed: int = typer.Option(0),
     dask_address: str | None = typer.Option(None, "--dask-address"),
+    scan: Path = typer.Option(None, help="A real textured scan (OBJ) for the light stage to photograph "
+                                         "(its own texture, no painted speckle) instead of the stand-in head"),
+    scan_landmarks: Path = typer.Option(None, help="Its 68 3D landmarks (LJSON, iBUG groups)"),
+    scan_units: str = typer.Option("mm", help="Units of the scan: m, cm or mm"),
 ) -> None:
     """Sample session → process_session → release, with a summary of what was produced and where."""
     from singinghead.flows.process_session import run_process_session
+    from singinghead.samples.real_scan import load_textured_scan
     from singinghead.samples.session import GENERATOR_VERSION, TAKES, build_sample_session
 
+    if (scan is None) != (scan_landmarks is None):
+        raise typer.BadParameter("--scan and --scan-landmarks go together")
     session = out / "session"
     gt = session / "ground_truth" / "ground_truth.json"
-    fresh = gt.is_file() and json.loads(gt.read_text()).get("generator_version") == GENERATOR_VERSION \
-        and json.loads(gt.read_text()).get("seed") == seed
+    truth = json.loads(gt.read_text()) if gt.is_file() else {}
+    source = "real scan" if scan else "stand-in head"
+    fresh = truth.get("generator_version") == GENERATOR_VERSION and truth.get("seed") == seed \
+        and (truth.get("light_stage") or {}).get("source") == source
     if not fresh:
+        real = load_textured_scan(scan, scan_landmarks, scan_units) if scan else None
         with _progress() as progress:
-            job = progress.add_task("rendering the sample session (4K MJPEG)", total=len(TAKES))
-            build_sample_session(session, seed=seed, on_take=lambda take_id: progress.advance(job))
+            job = progress.add_task(f"rendering the sample session (4K MJPEG; light stage: {source})",
+                                    total=len(TAKES))
+            build_sample_session(session, seed=seed, scan=real, on_take=lambda take_id: progress.advance(job))
     else:
         console.print(f"sample session already at {session}")
     with console.status("processing the sample session (Prefect flow on a Dask cluster)"):
