@@ -1,4 +1,4 @@
-# The singinghead image used by docker-compose.yml for Dask workers, the Prefect worker and the CLI.
+# The singinghead image used by docker-compose.yml for Dask workers, `singinghead serve` and the CLI.
 # Same pins as a workstation (requirements.lock); GPU workers run it with the NVIDIA runtime.
 FROM python:3.11-slim
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -8,5 +8,6 @@ COPY requirements.lock pyproject.toml README.md ./
 RUN pip install --no-cache-dir -r requirements.lock \
     && pip install --no-cache-dir --no-deps facenet-pytorch==2.6.0
 COPY singinghead ./singinghead
+COPY deploy/dask.yaml /etc/dask/singinghead.yaml
 RUN pip install --no-cache-dir --no-deps -e .
 ENV PYTHONUNBUFFERED=1

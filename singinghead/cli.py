@@ -352,6 +352,15 @@ def import_singinghead(src: Path = typer.Argument(..., exists=True, file_okay=Fa
                   + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
 
 
+@app.command("serve")
+def serve_cmd(limit: int | None = typer.Option(None, "--limit", help="Flow runs at once (default: no limit)")) -> None:
+    """Register process-session, build-release and train-unisinger as Prefect deployments and run
+    what is started from the Prefect UI or `prefect deployment run` (until Ctrl-C)."""
+    from singinghead.flows.deployments import serve_deployments
+
+    serve_deployments(limit)
+
+
 @app.command("train")
 def train_cmd(
     data: str = typer.Option(..., "--data", help="Release folder"),

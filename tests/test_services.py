@@ -5,6 +5,7 @@ scheduler with two worker processes that advertise one GPU each."""
 from __future__ import annotations
 
 import contextvars
+import json
 import os
 import signal
 import socket
@@ -133,6 +134,57 @@ def services(s3, tmp_path_factory):
         _stop(*workers, scheduler, server)
 
 
+@pytest.fixture(scope="module")
+def served(services):
+    """`singinghead serve` against the services: the lab's deployments, run by a serving process."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from singinghead.flows.deployments import PROCESS, RELEASE, TRAIN
+
+    env = dict(os.environ, PREFECT_API_URL=services["api"], SINGINGHEAD_DASK_ADDRESS=services["address"],
+               SINGINGHEAD_DASK_GPU_RESOURCE="true", PREFECT_HOME=str(services["home"] / "serve"))
+    log = open(services["home"] / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "singinghead.cli", "serve"], env=env, stdout=log, stderr=log)
+
+    async def registered():
+        async with get_client() as client:
+            return {name: await client.read_deployment_by_name(name) for name in (PROCESS, RELEASE, TRAIN)}
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        deadline = time.monotonic() + 120
+        with temporary_settings({PREFECT_API_URL: services["api"]}):
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"singinghead serve exited: {(services['home'] / 'serve.log').read_text()}")
+                try:
+                    found = asyncio.run(registered())
+                    break
+                except Exception:  # not registered yet
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+        yield found
+    finally:
+        _stop(proc)
+
+
+def test_the_lab_deployments_take_typed_parameters(served):
+    from singinghead.flows.deployments import PROCESS, RELEASE, TRAIN
+
+    def schema(name):
+        return served[name].parameter_openapi_schema["properties"]
+
+    assert schema(PROCESS)["session_dir"]["type"] == schema(PROCESS)["out"]["type"] == "string"
+    assert schema(RELEASE)["sources"] == {**schema(RELEASE)["sources"], "type": "array", "items": {"type": "string"}}
+    assert schema(RELEASE)["seed"]["type"] == "integer"
+    assert {"type": "integer"} in schema(TRAIN)["max_steps"]["anyOf"]
+    assert all(served[name].enforce_parameter_schema for name in (PROCESS, RELEASE, TRAIN))
+
+
 def _worker_pids(address: str) -> dict[str, int]:
     from distributed import Client
 
@@ -150,12 +202,13 @@ async def _runs(flow_run_id: str):
     return flow_run, tasks
 
 
-def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(services, short_session_copy,
+def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(services, served, short_session_copy,
                                                                            monkeypatch):
     """process_session on the Prefect server + Dask scheduler, output on S3, a tag concurrency limit
     of one GPU task; one worker is killed (SIGKILL, by pid) while it holds a crop task: Dask hands
     the task to the other worker, the run finishes every take, a re-run has nothing left to do,
-    and every catalogued artifact is whole and listed once."""
+    and every catalogued artifact is whole and listed once. The re-run is started as lab staff
+    would, through the process-session deployment that `singinghead serve` registered."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -195,17 +248,24 @@ def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(servi
         assert killed is not None, "no crop task was seen running"
         assert not runner.is_alive()
         first = result["first"]
-        second = run_process_session(session_copy, out, dask_address=services["address"])
+        from prefect.deployments import run_deployment
 
+        from singinghead.flows.deployments import PROCESS
+
+        deployed = run_deployment(PROCESS, parameters={"session_dir": str(session_copy), "out": out}, timeout=600,
+                                  poll_interval=1)
+        second, second_tasks = asyncio.run(_runs(str(deployed.id)))
         flow_run, task_runs = asyncio.run(_runs(first["flow_run_id"]))
     assert flow_run.state.is_completed()
     # The run absorbed the kill: Dask re-ran the lost crop on the surviving worker, so the first run
     # finished both takes and the re-run found everything done.
     assert first["takes"] == {"take01": "ok", "take02": "ok"} and sorted(first["motion"]) == ["take01", "take02"]
-    assert second["submitted"] == second["crop_submitted"] == second["audio_submitted"] == []
-    assert second["flame_submitted"] == []
-    assert second["takes"] == {"take01": "ok", "take02": "ok"}
-    assert sorted(second["motion"]) == ["take01", "take02"]
+    # The deployment's run completed in the serving process and found everything done: no task.
+    assert second.state.is_completed(), second.state
+    assert second.deployment_id == served[PROCESS].id and second.parameters["out"] == out
+    assert second_tasks == []
+    report = json.loads(files.read_bytes(files.join(out, "sessions", "sample007", "ingest_report.json")))
+    assert {t["take_id"]: t["status"] for t in report["takes"]} == {"take01": "ok", "take02": "ok"}
     names = {r.name for r in task_runs}
     assert {"ingest-take01", "ingest-take02", "crop-take01", "crop-take02"} <= names
 

@@ -24,7 +24,7 @@ from singinghead.schemas.settings import get_settings
 # glibc's adaptive mmap threshold, so every array over 128 KB is mmapped and unmapped anew: the
 # plane sweep, the 4K frame buffers and the fits spent more time in page faults than computing
 # (the dense scan: 56 s alone, 197 s with the variable set). Unset it for the workers we start;
-# `dask worker` processes of a deployment get the same from deploy.env.
+# `dask worker` processes of the lab image get the same from deploy/dask.yaml.
 dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 

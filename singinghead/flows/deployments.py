@@ -1,0 +1,43 @@
+"""The lab's deployments: what `singinghead serve` registers with the Prefect server, so staff start
+runs from the Prefect UI (or `prefect deployment run NAME --param …`) instead of a shell.
+
+Served flows run in subprocesses of the serving process, which therefore holds the lab's settings
+(PREFECT_API_URL, SINGINGHEAD_DASK_ADDRESS, object-store credentials); process-session sends its
+steps to the Dask scheduler those settings name (a local cluster without one).
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+
+from singinghead.flows.build_release import build_release
+from singinghead.flows.process_session import process_session
+from singinghead.flows.runtime import task_runner
+from singinghead.flows.train import train_unisinger
+
+#: "flow/deployment" names, as `prefect deployment run` and the UI show them.
+PROCESS = "process-session/process-session"
+RELEASE = "build-release/build-release"
+TRAIN = "train-unisinger/train-unisinger"
+
+
+def deployments() -> list[RunnerDeployment]:
+    """One deployment per flow; parameters typed from the flows' signatures (checked on submit)."""
+    tags = ["singinghead"]
+    return [
+        process_session.with_options(task_runner=task_runner()).to_deployment(
+            "process-session", tags=tags,
+            description="A capture session folder → processed takes (parameters: session_dir, out)."),
+        build_release.to_deployment(
+            "build-release", tags=tags,
+            description="Processed sessions (sources) → a release version at out."),
+        train_unisinger.to_deployment(
+            "train-unisinger", tags=tags, concurrency_limit=1,
+            description="Train UniSinger on a release (one training run at a time per server)."),
+    ]
+
+
+def serve_deployments(limit: int | None = None) -> None:
+    """Register the deployments and run their flow runs until interrupted (`limit`: runs at once)."""
+    serve(*deployments(), limit=limit, print_starting_message=True)
