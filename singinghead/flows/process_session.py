@@ -3,14 +3,15 @@
 The flow validates the manifest, checksums raw files (stat-cached, read-only), asks the catalog
 which steps of which takes still need work and submits only those as Prefect tasks to a
 DaskTaskRunner (a local cluster by default, an existing scheduler with `dask_address`).
-Steps per take: ingest (probe and check the streams) → crop (portrait segments; GPU-tagged)
-→ audio (vocal removal, sync offsets, dense landmarks, per-segment singing audio and BGM)
-→ FLAME per-frame fits; per subject, beside the takes, the light-stage photogrammetry; then
-the subject's shape: the monocular mean of all takes' fits, refined by the FLAME fit to the
-scan when the session has a light stage (a failed light stage leaves the monocular mean, and
-says so); then per take the FLAME sequences (59-d motion per frame, GPU-tagged).
-A failed take is reported and the others finish. Re-running an unchanged session submits no
-task at all.
+Steps per take, each take a pipeline of its own that moves on as soon as its own step is done:
+ingest (probe and check the streams) → crop (portrait segments; GPU-tagged) → audio (vocal
+removal, sync offsets, dense landmarks, per-segment singing audio and BGM) → FLAME per-frame
+fits; per subject, beside the takes, the light-stage photogrammetry; then, joining the takes
+only because the method needs all of them, the subject's shape: the monocular mean of all
+takes' fits, refined by the FLAME fit to the scan when the session has a light stage (a failed
+light stage leaves the monocular mean, and says so); then per take the FLAME sequences (59-d
+motion per frame, GPU-tagged). A failed take is reported and the others finish. Re-running an
+unchanged session submits no task at all.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import contextlib
 import contextvars
 import json
 import re
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
+import distributed
 from distributed import LocalCluster
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
 from singinghead.flows.runtime import local_cluster_kwargs, prefect_api, submit_gpu, task_runner
@@ -35,6 +40,9 @@ from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
 from singinghead.tasks import audio, crop, flame_fit, ingest, photogrammetry, scan_fit
+
+#: The steps a session's flow may submit, in order (per take, then per subject and per take).
+STEPS = ("ingest", "crop", "audio", "flame frames", "scan fit", "flame sequence")
 
 #: Where the subject's final shape comes from.
 SHAPE_MONOCULAR = "monocular mean"
@@ -178,6 +186,97 @@ def _publish_if_changed(url: str, data: bytes) -> None:
     files.write_bytes_atomic(url, data)
 
 
+def _step(step: str, take_id: str, done: Callable[[], object], submit: Callable[[], PrefectFuture],
+          submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
+    """One step of one take, expressed once for all steps: its catalogued outputs when it is done
+    already, else its task submitted, yielded to the driver (`run_pipelines`) and awaited. A
+    failure is recorded and logged, never raised: that take stops, the others go on."""
+    try:
+        refs = done()
+        if refs is None:
+            submitted[step].append(take_id)
+            refs = yield submit()
+            if isinstance(refs, Exception):
+                raise refs
+        return {"status": "ok", "refs": refs}
+    except Exception as exc:
+        get_run_logger().error("take %s: %s failed: %s", take_id, step, exc)
+        return {"status": "failed", "problem": str(exc)}
+
+
+def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]]) -> dict[str, object]:
+    """Drive several pipelines at once. Each is a generator that yields the task future it waits
+    for and is sent its result (or the exception); it moves on as soon as its own task finishes,
+    whatever the others are doing. Returns what each pipeline returned."""
+    results: dict[str, object] = {}
+    waiting: dict[distributed.Future, tuple[str, PrefectFuture]] = {}
+
+    def advance(key: str, value: object) -> None:
+        try:
+            future = pipelines[key].send(value)
+        except StopIteration as stop:
+            results[key] = stop.value
+            return
+        waiting[future.wrapped_future] = (key, future)
+
+    for key in pipelines:
+        advance(key, None)
+    while waiting:
+        with next(iter(waiting)).client.as_current():
+            finished, _ = distributed.wait(list(waiting), return_when="FIRST_COMPLETED")
+        for dask_future in finished:
+            key, future = waiting.pop(dask_future)
+            try:
+                value = future.result()
+            except Exception as exc:
+                value = exc
+            advance(key, value)
+    return results
+
+
+def _ok(result: dict | None) -> bool:
+    return result is not None and result.get("status") == "ok"
+
+
+def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
+                  submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
+    """ingest → crop → audio → per-frame FLAME of one take, each step as soon as this take's own
+    inputs are ready (a long take never holds a short one back). Returns the steps' results."""
+    raw = _raw_files(catalog, root, take)
+
+    def ingested():
+        done = catalog.lookup(ingest.STEP, ingest.VERSION, {}, ingest.take_inputs(take, raw))
+        return done.outputs[0] if done is not None else None
+
+    ingest_step = yield from _step("ingest", take.id, ingested,
+                        lambda: ingest.ingest_take_task.submit(str(root), session_id, take, raw, out), submitted)
+    if not _ok(ingest_step):  # the ingest task itself broke (not a bad file: that is a report)
+        raise SingingHeadError(f"take {take.id}: ingest failed: {ingest_step['problem']}")
+    result = TakeIngest.model_validate(files.read_json(ingest_step["refs"].url))
+    steps: dict = {"ingest": result}
+    if result.status == "failed":
+        steps["crop"] = {"status": "skipped", "problem": "ingest failed"}
+        return steps
+    sha = {f.role: f.sha256 for f in result.files}
+    steps["crop"] = yield from _step("crop", take.id, lambda: crop.done_outputs(out, sha["video"]), lambda: submit_gpu(
+        crop.crop_take_task, str(root), session_id, take.id, take.video, sha["video"], out), submitted)
+    if not _ok(steps["crop"]):
+        return steps
+    crop_refs = steps["crop"]["refs"]
+    steps["audio"] = yield from _step(
+        "audio", take.id, lambda: audio.done_outputs(out, take, sha["song"], sha["mic"], crop_refs),
+        lambda: submit_gpu(audio.audio_take_task, str(root), session_id, take, sha["song"], sha["mic"],
+                           result.video.first_pts_s, crop_refs, out), submitted)
+    if not _ok(steps["audio"]):
+        return steps
+    audio_refs = steps["audio"]["refs"]
+    steps["frames"] = yield from _step(
+        "flame frames", take.id, lambda: flame_fit.frames_done(out, crop_refs, audio_refs),
+        lambda: submit_gpu(flame_fit.frame_fits_task, str(root), session_id, take.id, take.video, crop_refs,
+                           audio_refs, out), submitted)
+    return steps
+
+
 @flow(name="process-session", flow_run_name="process-{session_dir}", log_prints=True)
 def process_session(session_dir: str, out: str) -> dict:
     """Every take of `session_dir` through ingest, crop, audio and FLAME into `out` (path or fsspec URL)."""
@@ -186,6 +285,7 @@ def process_session(session_dir: str, out: str) -> dict:
     manifest = load_manifest(root)
     catalog = Catalog(out)
     manifest_sha, _ = catalog.raw_checksum(root / MANIFEST_NAME)
+    submitted: dict[str, list[str]] = {s: [] for s in STEPS}
 
     # Light stage first: it needs nothing from the takes, so it runs beside them.
     light_stage = {"status": "absent"}
@@ -203,69 +303,17 @@ def process_session(session_dir: str, out: str) -> dict:
                 scan_future = submit_gpu(photogrammetry.scan_task, str(root), manifest.session_id,
                                          manifest.light_stage, out)
 
-    results: dict[str, TakeIngest] = {}
-    futures = {}
-    for take in manifest.takes:
-        raw = _raw_files(catalog, root, take)
-        done = catalog.lookup(ingest.STEP, ingest.VERSION, {}, ingest.take_inputs(take, raw))
-        if done is not None:
-            results[take.id] = TakeIngest.model_validate(files.read_json(done.outputs[0].url))
-            logger.info("take %s: ingest already done", take.id)
-        else:
-            futures[take.id] = ingest.ingest_take_task.submit(str(root), manifest.session_id, take, raw, out)
-    for take_id, future in futures.items():
-        ref = future.result()
-        results[take_id] = TakeIngest.model_validate(files.read_json(ref.url))
-
-    # Crop: every take that ingest did not fail, GPU-tagged, submitted only when not done yet.
-    crops: dict[str, dict] = {}
-    crop_futures = {}
-    for take in manifest.takes:
-        if results[take.id].status == "failed":
-            crops[take.id] = {"status": "skipped", "problem": "ingest failed"}
-            continue
-        video = next(f for f in results[take.id].files if f.role == "video")
-        done = crop.done_outputs(out, video.sha256)
-        if done is not None:
-            crops[take.id] = {"status": "ok", "refs": done}
-        else:
-            crop_futures[take.id] = submit_gpu(crop.crop_take_task, str(root), manifest.session_id, take.id,
-                                               take.video, video.sha256, out)
-    crops.update(_collect("crop", crop_futures))
-    # Audio: separation (cached per song), sync offsets, per-segment singing audio and BGM.
-    audios: dict[str, dict] = {}
-    audio_futures = {}
-    for take in manifest.takes:
-        if crops[take.id]["status"] != "ok":
-            continue
-        raw = {f.role: f.sha256 for f in results[take.id].files}
-        args = (take, raw["song"], raw["mic"], crops[take.id]["refs"])
-        done = audio.done_outputs(out, *args)
-        if done is not None:
-            audios[take.id] = {"status": "ok", "refs": done}
-        else:
-            audio_futures[take.id] = submit_gpu(
-                audio.audio_take_task, str(root), manifest.session_id, take, raw["song"], raw["mic"],
-                results[take.id].video.first_pts_s, crops[take.id]["refs"], out)
-    audios.update(_collect("audio", audio_futures))
-    # FLAME: monocular per-frame fits for all takes → the subject's shape → sequences per take.
-    fits: dict[str, dict] = {}
-    fit_futures = {}
-    for take in manifest.takes:
-        if audios.get(take.id, {}).get("status") != "ok":
-            continue
-        done = flame_fit.frames_done(out, crops[take.id]["refs"], audios[take.id]["refs"])
-        if done is not None:
-            fits[take.id] = {"status": "ok", "refs": done}
-        else:
-            fit_futures[take.id] = submit_gpu(
-                flame_fit.frame_fits_task, str(root), manifest.session_id, take.id, take.video,
-                crops[take.id]["refs"], audios[take.id]["refs"], out)
-    fits.update(_collect("flame frames", fit_futures))
+    # Every take runs its own pipeline; the session joins only where the method needs all takes:
+    # the subject's shape, below.
+    pipelines = run_pipelines({take.id: take_pipeline(root, manifest.session_id, take, out, catalog, submitted)
+                               for take in manifest.takes})
+    results: dict[str, TakeIngest] = {t: p["ingest"] for t, p in pipelines.items()}
+    crops = {t: p["crop"] for t, p in pipelines.items()}
+    audios = {t: p["audio"] for t, p in pipelines.items() if "audio" in p}
+    fits = {t: p["frames"] for t, p in pipelines.items() if "frames" in p}
     session_url = files.join(out, "sessions", manifest.session_id)
     frame_refs = [r for f in fits.values() if f["status"] == "ok" for r in f["refs"]]
     motions: dict[str, dict] = {}
-    motion_futures = {}
     shape_info = None
     try:
         shape, n_frames = flame_fit.subject_shape(frame_refs) if frame_refs else (None, 0)
@@ -274,20 +322,17 @@ def process_session(session_dir: str, out: str) -> dict:
         shape = None
     if scan_future is not None:
         light_stage = _collect("photogrammetry", {"light stage": scan_future})["light stage"]
-    fit_submitted = []
     if shape is not None:
         shape_info = {"subject_id": manifest.subject.id, "source": SHAPE_MONOCULAR, "frames": n_frames,
                       "shape": [float(x) for x in shape], "monocular_shape": [float(x) for x in shape]}
         if light_stage["status"] == "ok":
-            fit_refs = scan_fit.fit_done(out, light_stage["refs"], shape)
+            fitted = run_pipelines({"light stage": _step(
+                "scan fit", "light stage", partial(scan_fit.fit_done, out, light_stage["refs"], shape),
+                partial(submit_gpu, scan_fit.fit_task, manifest.session_id, light_stage["refs"], shape_info["shape"],
+                        out), submitted)})["light stage"]
+            fit_refs = fitted.get("refs")
             if fit_refs is None:
-                fit_submitted = ["light stage"]
-                future = submit_gpu(scan_fit.fit_task, manifest.session_id, light_stage["refs"],
-                                    shape_info["shape"], out)
-                fitted = _collect("scan fit", {"light stage": future})["light stage"]
-                fit_refs = fitted.get("refs")
-                if fit_refs is None:
-                    light_stage = {"status": "failed", "problem": f"scan fit: {fitted['problem']}"}
+                light_stage = {"status": "failed", "problem": f"scan fit: {fitted['problem']}"}
             if fit_refs is not None:
                 fit = scan_fit.read_fit(fit_refs)
                 light_stage["fit_refs"] = fit_refs
@@ -296,17 +341,13 @@ def process_session(session_dir: str, out: str) -> dict:
             shape_info["light_stage_problem"] = light_stage["problem"]
         _publish_if_changed(files.join(session_url, "subject_shape.json"),
                             (json.dumps(shape_info, indent=2) + "\n").encode())
-        for take_id, f in fits.items():
-            if f["status"] != "ok":
-                continue
-            done = flame_fit.sequence_done(out, f["refs"], shape_info["shape"], shape_info["source"])
-            if done is not None:
-                motions[take_id] = {"status": "ok", "refs": done}
-            else:
-                motion_futures[take_id] = submit_gpu(
-                    flame_fit.sequences_task, manifest.session_id, take_id, crops[take_id]["refs"], f["refs"],
-                    shape_info["shape"], shape_info["source"], out)
-    motions.update(_collect("flame sequence", motion_futures))
+        motions.update(run_pipelines({
+            take_id: _step("flame sequence", take_id,
+                           partial(flame_fit.sequence_done, out, f["refs"], shape_info["shape"], shape_info["source"]),
+                           partial(submit_gpu, flame_fit.sequences_task, manifest.session_id, take_id,
+                                   crops[take_id]["refs"], f["refs"], shape_info["shape"], shape_info["source"], out),
+                           submitted)
+            for take_id, f in fits.items() if f["status"] == "ok"}))
     motion_reports = {take_id: flame_fit.read_motion_summary(m["refs"]) if m["status"] == "ok" else m
                       for take_id, m in motions.items()}
     motion_reports.update({take_id: f for take_id, f in fits.items() if f["status"] != "ok"})
@@ -358,27 +399,27 @@ def process_session(session_dir: str, out: str) -> dict:
         "flow_run_id": str(flow_run.id),
         "session_id": manifest.session_id,
         "out": out,
-        "submitted": sorted(futures),
-        "crop_submitted": sorted(crop_futures),
+        "submitted": sorted(submitted["ingest"]),
+        "crop_submitted": sorted(submitted["crop"]),
         "segments": {
             take_id: [r.url for r in c["refs"] if r.meta.get("kind") == "portrait_video"]
             for take_id, c in crops.items() if c["status"] == "ok"
         },
         "crop_report": files.join(session_url, "crop_report.json"),
-        "audio_submitted": sorted(audio_futures),
+        "audio_submitted": sorted(submitted["audio"]),
         "audio": {
             take_id: [r.url for r in a["refs"] if r.meta.get("kind") in ("singing", "bgm")]
             for take_id, a in audios.items() if a["status"] == "ok"
         },
         "audio_report": files.join(session_url, "audio_report.json"),
-        "flame_submitted": sorted(fit_futures) + sorted(motion_futures),
+        "flame_submitted": sorted(submitted["flame frames"]) + sorted(submitted["flame sequence"]),
         "motion": {
             take_id: [r.url for r in m["refs"] if r.meta.get("kind") == "motion"]
             for take_id, m in motions.items() if m["status"] == "ok"
         },
         "motion_report": files.join(session_url, "motion_report.json"),
         "subject_shape": files.join(session_url, "subject_shape.json") if shape_info else None,
-        "scan_submitted": (["light stage"] if scan_future is not None else []) + fit_submitted,
+        "scan_submitted": (["light stage"] if scan_future is not None else []) + submitted["scan fit"],
         "light_stage": {"status": light_stage["status"], "problem": light_stage.get("problem"),
                         "scan": [r.url for r in light_stage.get("refs", [])],
                         "fit": [r.url for r in light_stage.get("fit_refs", [])]},

@@ -1,0 +1,74 @@
+"""Takes flow independently: each take's next step starts as soon as its own step is done."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+from prefect import flow, task
+from prefect_dask import DaskTaskRunner
+
+from singinghead.flows.process_session import _step, run_pipelines
+from singinghead.flows.runtime import local_cluster_kwargs
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+
+
+@task
+def first_step(x: int) -> int:
+    return x
+
+
+@task
+def signal(path: str) -> str:
+    Path(path).write_text("the short take's second step ran")
+    return path
+
+
+@task
+def wait_for(path: str, timeout_s: float) -> str:
+    """A long step that ends only once the other take's second step has run."""
+    end = time.monotonic() + timeout_s
+    while not Path(path).exists():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{path} never appeared: the other take waited for this one")
+        time.sleep(0.1)
+    return path
+
+
+@task
+def broken() -> None:
+    raise ValueError("this take's video is unreadable")
+
+
+def test_a_short_take_moves_on_while_a_long_one_is_still_running(tmp_path, prefect_harness):
+    """Take A (two steps) and take B (one step that cannot finish before A's second step has run)
+    on two Dask workers: with a stage barrier (every take's step 1 before any step 2) B would time
+    out; with per-take pipelines both finish. A third take fails and is only recorded."""
+    flag = str(tmp_path / "flag")
+    submitted = {"one": [], "two": []}
+
+    def short_take():
+        yield from _step("one", "A", lambda: None, lambda: first_step.submit(1), submitted)
+        return (yield from _step("two", "A", lambda: None, lambda: signal.submit(flag), submitted))
+
+    def long_take():
+        return (yield from _step("one", "B", lambda: None, lambda: wait_for.submit(flag, 120.0), submitted))
+
+    def failing_take():
+        return (yield from _step("one", "C", lambda: None, lambda: broken.submit(), submitted))
+
+    def done_take():  # its outputs are catalogued already: nothing is submitted
+        return (yield from _step("one", "D", lambda: ["catalogued"], lambda: broken.submit(), submitted))
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs=local_cluster_kwargs()))
+    def takes() -> dict:
+        return run_pipelines({"A": short_take(), "B": long_take(), "C": failing_take(), "D": done_take()})
+
+    results = takes()
+    assert results["A"] == {"status": "ok", "refs": flag} and results["B"] == {"status": "ok", "refs": flag}
+    assert results["C"]["status"] == "failed" and "unreadable" in results["C"]["problem"]
+    assert results["D"] == {"status": "ok", "refs": ["catalogued"]}
+    assert sorted(submitted["one"]) == ["A", "B", "C"] and submitted["two"] == ["A"]
