@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -16,6 +18,56 @@ from singinghead.schemas.errors import SingingHeadError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Prefect's and COLMAP's own logs on the console")
+             ) -> None:
+    """Process capture sessions, build releases, train and evaluate UniSinger."""
+    if verbose:  # (read by Prefect when it is first imported, and by the photogrammetry step)
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
+        os.environ["SINGINGHEAD_COLMAP_VERBOSE"] = "true"
+
+
+class StepBoard:
+    """A live table while sessions are processed: a row per session and take (and light stage),
+    a column per step; fed by process_session's progress callbacks (thread-safe)."""
+
+    MARKS = {"submitted": "[yellow]…[/]", "done": "[green]✓[/]", "up to date": "[blue]=[/]", "failed": "[red]✗[/]"}
+    HEADERS = {"flame frames": "frames", "photogrammetry": "scan", "flame sequence": "motion"}
+
+    def __init__(self, steps: tuple[str, ...]):
+        self.steps, self.rows, self._lock, self.live = steps, {}, threading.Lock(), None
+
+    def table(self) -> Table:
+        table = Table(title="processing on the Dask cluster (details: Prefect UI)",
+                      caption="… running  ✓ done  = up to date  ✗ failed  · not yet")
+        table.add_column("session / take", no_wrap=True)
+        for step in self.steps:
+            table.add_column(self.HEADERS.get(step, step))
+        for (session_id, take_id), states in self.rows.items():
+            table.add_row(f"{session_id} / {take_id}", *(self.MARKS.get(states.get(s), "·") for s in self.steps))
+        return table
+
+    def __call__(self, session_id: str, take_id: str, step: str, state: str) -> None:
+        with self._lock:
+            self.rows.setdefault((session_id, take_id), {})[step] = state
+            if self.live is not None:
+                self.live.update(self.table())
+
+
+@contextlib.contextmanager
+def step_board():
+    """Show a StepBoard while the block processes sessions."""
+    from rich.live import Live
+
+    from singinghead.flows.process_session import STEPS, progress
+
+    board = StepBoard(STEPS)
+    with Live(board.table(), console=console, refresh_per_second=2) as live, progress(board):
+        board.live = live
+        yield board
+    console.print()
 
 
 def _progress() -> Progress:
@@ -159,7 +211,7 @@ def process(
     """Process capture sessions (incremental: finished steps are skipped)."""
     from singinghead.flows.process_session import run_process_session, run_process_sessions
 
-    with console.status(f"processing {', '.join(str(s) for s in session_dirs)}"):
+    with step_board():
         if len(session_dirs) == 1:
             summaries = [run_process_session(session_dirs[0], out, dask_address=dask_address)]
         else:
@@ -207,7 +259,7 @@ def demo(
             build_sample_session(session, seed=seed, scan=real, on_take=lambda take_id: progress.advance(job))
     else:
         console.print(f"sample session already at {session}")
-    with console.status("processing the sample session (Prefect flow on a Dask cluster)"):
+    with step_board():
         summary = run_process_session(session, out / "processed", dask_address=dask_address)
     _print_summary(summary)
     from singinghead.flows.build_release import run_build_release
@@ -473,8 +525,11 @@ def animate(
 
 def main() -> None:
     # Keep the console readable: Dask's per-worker chatter and Prefect's telemetry off by default.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's per-task INFO lines go to the Prefect UI; the console shows warnings and errors
+    # beside our own progress tables (--verbose shows them all).
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
         app()
     except SingingHeadError as exc:

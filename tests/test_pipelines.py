@@ -10,7 +10,7 @@ import cloudpickle
 from prefect import flow, task
 from prefect_dask import DaskTaskRunner
 
-from singinghead.flows.process_session import _step, run_pipelines
+from singinghead.flows.process_session import _step, progress, run_pipelines
 from singinghead.flows.runtime import local_cluster_kwargs
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
@@ -51,24 +51,29 @@ def test_a_short_take_moves_on_while_a_long_one_is_still_running(tmp_path, prefe
     submitted = {"one": [], "two": []}
 
     def short_take():
-        yield from _step("one", "A", lambda: None, lambda: first_step.submit(1), submitted)
-        return (yield from _step("two", "A", lambda: None, lambda: signal.submit(flag), submitted))
+        yield from _step("s", "A", "one", lambda: None, lambda: first_step.submit(1), submitted)
+        return (yield from _step("s", "A", "two", lambda: None, lambda: signal.submit(flag), submitted))
 
     def long_take():
-        return (yield from _step("one", "B", lambda: None, lambda: wait_for.submit(flag, 120.0), submitted))
+        return (yield from _step("s", "B", "one", lambda: None, lambda: wait_for.submit(flag, 120.0), submitted))
 
     def failing_take():
-        return (yield from _step("one", "C", lambda: None, lambda: broken.submit(), submitted))
+        return (yield from _step("s", "C", "one", lambda: None, lambda: broken.submit(), submitted))
 
     def done_take():  # its outputs are catalogued already: nothing is submitted
-        return (yield from _step("one", "D", lambda: ["catalogued"], lambda: broken.submit(), submitted))
+        return (yield from _step("s", "D", "one", lambda: ["catalogued"], lambda: broken.submit(), submitted))
 
     @flow(task_runner=DaskTaskRunner(cluster_kwargs=local_cluster_kwargs()))
     def takes() -> dict:
         return run_pipelines({"A": short_take(), "B": long_take(), "C": failing_take(), "D": done_take()})
 
-    results = takes()
+    events = []
+    with progress(lambda *event: events.append(event)):
+        results = takes()
     assert results["A"] == {"status": "ok", "refs": flag} and results["B"] == {"status": "ok", "refs": flag}
     assert results["C"]["status"] == "failed" and "unreadable" in results["C"]["problem"]
     assert results["D"] == {"status": "ok", "refs": ["catalogued"]}
     assert sorted(submitted["one"]) == ["A", "B", "C"] and submitted["two"] == ["A"]
+    # What the progress display showed, in order: A's second step went while B's first still ran.
+    assert events.index(("s", "A", "two", "submitted")) < events.index(("s", "B", "one", "done"))
+    assert ("s", "C", "one", "failed") in events and ("s", "D", "one", "up to date") in events

@@ -42,7 +42,9 @@ from singinghead.storage.catalog import Catalog
 from singinghead.tasks import audio, crop, flame_fit, ingest, photogrammetry, scan_fit
 
 #: The steps a session's flow may submit, in order (per take, then per subject and per take).
-STEPS = ("ingest", "crop", "audio", "flame frames", "scan fit", "flame sequence")
+STEPS = ("ingest", "crop", "audio", "flame frames", "photogrammetry", "scan fit", "flame sequence")
+#: The light stage's row beside the takes' (progress, pipelines).
+LIGHT_STAGE = "light stage"
 
 #: Where the subject's final shape comes from.
 SHAPE_MONOCULAR = "monocular mean"
@@ -168,25 +170,33 @@ def session_index(manifest, shape_info: dict | None, crops: dict, audios: dict, 
             "takes": takes}
 
 
-def _collect(step: str, futures: dict) -> dict[str, dict]:
-    """Wait for a step's task per take; a failed take is recorded, never raised (others go on)."""
-    out = {}
-    for take_id, future in futures.items():
-        try:
-            out[take_id] = {"status": "ok", "refs": future.result()}
-        except Exception as exc:
-            out[take_id] = {"status": "failed", "problem": str(exc)}
-            get_run_logger().error("take %s: %s failed: %s", take_id, step, exc)
-    return out
-
-
 def _publish_if_changed(url: str, data: bytes) -> None:
     if files.exists(url) and files.read_bytes(url) == data:
         return  # unchanged: leave the published file (and its mtime) alone
     files.write_bytes_atomic(url, data)
 
 
-def _step(step: str, take_id: str, done: Callable[[], object], submit: Callable[[], PrefectFuture],
+#: Who is told about progress: callbacks (session_id, take_id, step, state), state one of
+#: "submitted", "done", "up to date", "failed". The CLI draws its progress table from them.
+_LISTENERS: list[Callable[[str, str, str, str], None]] = []
+
+
+@contextlib.contextmanager
+def progress(callback: Callable[[str, str, str, str], None]):
+    """Tell `callback` about every step of every session processed in this process meanwhile."""
+    _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(callback)
+
+
+def _tell(session_id: str, take_id: str, step: str, state: str) -> None:
+    for callback in list(_LISTENERS):
+        callback(session_id, take_id, step, state)
+
+
+def _step(session_id: str, take_id: str, step: str, done: Callable[[], object], submit: Callable[[], PrefectFuture],
           submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
     """One step of one take, expressed once for all steps: its catalogued outputs when it is done
     already, else its task submitted, yielded to the driver (`run_pipelines`) and awaited. A
@@ -195,12 +205,17 @@ def _step(step: str, take_id: str, done: Callable[[], object], submit: Callable[
         refs = done()
         if refs is None:
             submitted[step].append(take_id)
+            _tell(session_id, take_id, step, "submitted")
             refs = yield submit()
             if isinstance(refs, Exception):
                 raise refs
+            _tell(session_id, take_id, step, "done")
+        else:
+            _tell(session_id, take_id, step, "up to date")
         return {"status": "ok", "refs": refs}
     except Exception as exc:
-        get_run_logger().error("take %s: %s failed: %s", take_id, step, exc)
+        get_run_logger().error("%s: %s failed: %s", take_id, step, exc)
+        _tell(session_id, take_id, step, "failed")
         return {"status": "failed", "problem": str(exc)}
 
 
@@ -248,7 +263,7 @@ def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
         done = catalog.lookup(ingest.STEP, ingest.VERSION, {}, ingest.take_inputs(take, raw))
         return done.outputs[0] if done is not None else None
 
-    ingest_step = yield from _step("ingest", take.id, ingested,
+    ingest_step = yield from _step(session_id, take.id, "ingest", ingested,
                         lambda: ingest.ingest_take_task.submit(str(root), session_id, take, raw, out), submitted)
     if not _ok(ingest_step):  # the ingest task itself broke (not a bad file: that is a report)
         raise SingingHeadError(f"take {take.id}: ingest failed: {ingest_step['problem']}")
@@ -258,20 +273,22 @@ def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
         steps["crop"] = {"status": "skipped", "problem": "ingest failed"}
         return steps
     sha = {f.role: f.sha256 for f in result.files}
-    steps["crop"] = yield from _step("crop", take.id, lambda: crop.done_outputs(out, sha["video"]), lambda: submit_gpu(
-        crop.crop_take_task, str(root), session_id, take.id, take.video, sha["video"], out), submitted)
+    steps["crop"] = yield from _step(
+        session_id, take.id, "crop", lambda: crop.done_outputs(out, sha["video"]),
+        lambda: submit_gpu(crop.crop_take_task, str(root), session_id, take.id, take.video, sha["video"], out),
+        submitted)
     if not _ok(steps["crop"]):
         return steps
     crop_refs = steps["crop"]["refs"]
     steps["audio"] = yield from _step(
-        "audio", take.id, lambda: audio.done_outputs(out, take, sha["song"], sha["mic"], crop_refs),
+        session_id, take.id, "audio", lambda: audio.done_outputs(out, take, sha["song"], sha["mic"], crop_refs),
         lambda: submit_gpu(audio.audio_take_task, str(root), session_id, take, sha["song"], sha["mic"],
                            result.video.first_pts_s, crop_refs, out), submitted)
     if not _ok(steps["audio"]):
         return steps
     audio_refs = steps["audio"]["refs"]
     steps["frames"] = yield from _step(
-        "flame frames", take.id, lambda: flame_fit.frames_done(out, crop_refs, audio_refs),
+        session_id, take.id, "flame frames", lambda: flame_fit.frames_done(out, crop_refs, audio_refs),
         lambda: submit_gpu(flame_fit.frame_fits_task, str(root), session_id, take.id, take.video, crop_refs,
                            audio_refs, out), submitted)
     return steps
@@ -287,26 +304,20 @@ def process_session(session_dir: str, out: str) -> dict:
     manifest_sha, _ = catalog.raw_checksum(root / MANIFEST_NAME)
     submitted: dict[str, list[str]] = {s: [] for s in STEPS}
 
-    # Light stage first: it needs nothing from the takes, so it runs beside them.
-    light_stage = {"status": "absent"}
-    scan_future = None
-    if manifest.light_stage is not None:
-        try:
-            done = photogrammetry.scan_done(str(root), manifest.light_stage, out)
-        except SingingHeadError as exc:
-            light_stage = {"status": "failed", "problem": str(exc)}
-            logger.error("session %s: light stage unusable: %s", manifest.session_id, exc)
-        else:
-            if done is not None:
-                light_stage = {"status": "ok", "refs": done}
-            else:
-                scan_future = submit_gpu(photogrammetry.scan_task, str(root), manifest.session_id,
-                                         manifest.light_stage, out)
-
-    # Every take runs its own pipeline; the session joins only where the method needs all takes:
-    # the subject's shape, below.
-    pipelines = run_pipelines({take.id: take_pipeline(root, manifest.session_id, take, out, catalog, submitted)
-                               for take in manifest.takes})
+    # Every take runs its own pipeline, and the light stage its own beside them (it needs nothing
+    # from the takes); the session joins only where the method needs all of them: the subject's
+    # shape, below.
+    pipelines = {}
+    if manifest.light_stage is not None:  # first: the longest task, so Dask starts it first
+        pipelines[LIGHT_STAGE] = _step(
+            manifest.session_id, LIGHT_STAGE, "photogrammetry",
+            partial(photogrammetry.scan_done, str(root), manifest.light_stage, out),
+            partial(submit_gpu, photogrammetry.scan_task, str(root), manifest.session_id, manifest.light_stage, out),
+            submitted)
+    pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, out, catalog, submitted)
+                      for take in manifest.takes})
+    pipelines = run_pipelines(pipelines)
+    light_stage = pipelines.pop(LIGHT_STAGE, {"status": "absent"})
     results: dict[str, TakeIngest] = {t: p["ingest"] for t, p in pipelines.items()}
     crops = {t: p["crop"] for t, p in pipelines.items()}
     audios = {t: p["audio"] for t, p in pipelines.items() if "audio" in p}
@@ -320,16 +331,15 @@ def process_session(session_dir: str, out: str) -> dict:
     except ValueError as exc:  # no frame of any take had landmarks
         logger.error("session %s: no subject shape: %s", manifest.session_id, exc)
         shape = None
-    if scan_future is not None:
-        light_stage = _collect("photogrammetry", {"light stage": scan_future})["light stage"]
     if shape is not None:
         shape_info = {"subject_id": manifest.subject.id, "source": SHAPE_MONOCULAR, "frames": n_frames,
                       "shape": [float(x) for x in shape], "monocular_shape": [float(x) for x in shape]}
         if light_stage["status"] == "ok":
-            fitted = run_pipelines({"light stage": _step(
-                "scan fit", "light stage", partial(scan_fit.fit_done, out, light_stage["refs"], shape),
+            fitted = run_pipelines({LIGHT_STAGE: _step(
+                manifest.session_id, LIGHT_STAGE, "scan fit",
+                partial(scan_fit.fit_done, out, light_stage["refs"], shape),
                 partial(submit_gpu, scan_fit.fit_task, manifest.session_id, light_stage["refs"], shape_info["shape"],
-                        out), submitted)})["light stage"]
+                        out), submitted)})[LIGHT_STAGE]
             fit_refs = fitted.get("refs")
             if fit_refs is None:
                 light_stage = {"status": "failed", "problem": f"scan fit: {fitted['problem']}"}
@@ -342,7 +352,7 @@ def process_session(session_dir: str, out: str) -> dict:
         _publish_if_changed(files.join(session_url, "subject_shape.json"),
                             (json.dumps(shape_info, indent=2) + "\n").encode())
         motions.update(run_pipelines({
-            take_id: _step("flame sequence", take_id,
+            take_id: _step(manifest.session_id, take_id, "flame sequence",
                            partial(flame_fit.sequence_done, out, f["refs"], shape_info["shape"], shape_info["source"]),
                            partial(submit_gpu, flame_fit.sequences_task, manifest.session_id, take_id,
                                    crops[take_id]["refs"], f["refs"], shape_info["shape"], shape_info["source"], out),
@@ -419,7 +429,7 @@ def process_session(session_dir: str, out: str) -> dict:
         },
         "motion_report": files.join(session_url, "motion_report.json"),
         "subject_shape": files.join(session_url, "subject_shape.json") if shape_info else None,
-        "scan_submitted": (["light stage"] if scan_future is not None else []) + submitted["scan fit"],
+        "scan_submitted": submitted["photogrammetry"] + submitted["scan fit"],
         "light_stage": {"status": light_stage["status"], "problem": light_stage.get("problem"),
                         "scan": [r.url for r in light_stage.get("refs", [])],
                         "fit": [r.url for r in light_stage.get("fit_refs", [])]},
