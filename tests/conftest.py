@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,40 @@ def prefect_harness():
         yield
 
 
+class PeakRSS:
+    """Peak resident memory of this process and each of its descendants (Dask workers), polled."""
+
+    def __init__(self, interval_s: float = 0.25):
+        self.interval_s, self.peak, self._stop = interval_s, {}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    rss = p.memory_info().rss
+                    name = " ".join(p.cmdline()[:3])[-60:]
+                except psutil.Error:
+                    continue
+                self.peak[p.pid] = max(self.peak.get(p.pid, (0, ""))[0], rss), name
+            self._stop.wait(self.interval_s)
+
+    def peaks_mb(self) -> list[tuple[float, str]]:
+        """(MB, process) per process, largest first."""
+        return sorted(((rss / 2**20, name) for rss, name in self.peak.values()), reverse=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
     """Every file under root: (sha256, mtime_ns)."""
     return {
@@ -94,10 +129,11 @@ def processed_sample(sample_session, tmp_path_factory, prefect_harness) -> dict:
 
     out = tmp_path_factory.mktemp("processed")
     raw_before = snapshot(sample_session)
-    first = run_process_session(sample_session, out)
+    with PeakRSS() as rss:  # 4K takes of 20 s and the light stage beside them
+        first = run_process_session(sample_session, out)
     after_first = snapshot(out)
     second = run_process_session(sample_session, out)
-    return {"out": out, "first": first, "second": second, "raw_before": raw_before,
+    return {"out": out, "first": first, "second": second, "raw_before": raw_before, "peak_rss_mb": rss.peaks_mb(),
             "raw_after": snapshot(sample_session), "after_first": after_first, "after_second": snapshot(out)}
 
 

@@ -65,6 +65,15 @@ def test_rerun_does_no_work_and_changes_nothing(two_runs):
     assert two_runs["after_second"] == two_runs["after_first"]  # same bytes, not even rewritten
 
 
+def test_memory_stays_bounded_on_4k_takes(two_runs):
+    """Two 20 s takes of 4K MJPEG and the 51-view light stage, on two Dask workers: no process
+    (this one, the workers, their ffmpeg) went past 4 GB."""
+    peaks = two_runs["peak_rss_mb"]
+    print(peaks[:4])
+    assert peaks[0][0] < 4096, peaks[:3]
+    assert any("spawn" in name for _, name in peaks), peaks  # the Dask workers were watched
+
+
 def test_raw_files_untouched(two_runs):
     assert two_runs["raw_after"] == two_runs["raw_before"]
 

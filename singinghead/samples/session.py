@@ -16,6 +16,7 @@ find. Everything true is written to `ground_truth/` (see its README.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Callable
@@ -95,11 +96,14 @@ def _take_audio(spec: dict, duration_s: float, rng: np.random.Generator):
 def build_sample_session(
     out: str | Path, seed: int = 0, duration_s: float = 20.0, on_take: Callable[[str], None] | None = None,
     light_stage: bool = True, scan: TexturedScan | None = None, n_takes: int = len(TAKES),
+    color_mode: str = "2160P",
 ) -> Path:
     """Write the sample session into `out` (created) and return its path (without the light
     stage when `light_stage` is False, and with only the first `n_takes` takes: load tests queue
     many small sessions). With `scan` (a real textured scan, samples.real_scan) the light stage
-    photographs that scan instead of the stand-in head with a known shape."""
+    photographs that scan instead of the stand-in head with a known shape. `color_mode` "720P"
+    records the same scene at 1280×720 (load tests: many sessions, few pixels)."""
+    width, height = video.COLOR_MODES[color_mode]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gt_dir = out / "ground_truth"
@@ -132,9 +136,11 @@ def build_sample_session(
         csum = np.concatenate([[0.0], np.cumsum(mouth, dtype=np.float64)])
         mouth_frames = (csum[idx + half] - csum[idx - half]) / (2 * half)
 
-        motion = video.head_motion(n_frames, mouth_frames, spec["leans"], rng)
+        motion = dataclasses.replace(video.head_motion(n_frames, mouth_frames, spec["leans"], rng),
+                                     canvas_scale=width / video.WIDTH)
         start_offset_ns = 200_000_000 + 1_000_000 * k
-        video.write_kinect_mkv(take_dir / "kinect.mkv", motion, ffmpeg, start_offset_ns, seed=seed * 10 + k)
+        video.write_kinect_mkv(take_dir / "kinect.mkv", motion, ffmpeg, start_offset_ns, seed=seed * 10 + k,
+                               color_mode=color_mode)
 
         lmk = np.stack([video.landmarks(motion, i) for i in range(n_frames)])
         np.savez_compressed(
@@ -182,12 +188,11 @@ def build_sample_session(
     write_manifest(manifest, out)
     calib = video.kinect_calibration()
     p = calib["CalibrationInformation"]["Cameras"][0]["Intrinsics"]["ModelParameters"]
-    scale = video.WIDTH / 4096
-    K = [[p[2] * 4096 * scale, 0, video.WIDTH / 2 - 0.5], [0, p[3] * 3072 * scale, video.HEIGHT / 2 - 0.5],
-         [0, 0, 1]]
+    scale = width / 4096
+    K = [[p[2] * 4096 * scale, 0, width / 2 - 0.5], [0, p[3] * 3072 * scale, height / 2 - 0.5], [0, 0, 1]]
     (gt_dir / "ground_truth.json").write_text(json.dumps({
         "generator_version": GENERATOR_VERSION, "seed": seed, "duration_s": duration_s,
-        "video": {"width": video.WIDTH, "height": video.HEIGHT, "fps": video.FPS},
+        "video": {"width": width, "height": height, "fps": video.FPS, "color_mode": color_mode},
         "audio": {"mic_sample_rate": MIC_SR, "song_sample_rate": SONG_SR},
         "camera": {"K": K}, "takes": gt_takes, "light_stage": gt_light_stage,
     }, indent=2))

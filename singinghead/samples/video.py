@@ -23,6 +23,9 @@ import skimage.data
 from singinghead.schemas.errors import SingingHeadError
 
 WIDTH, HEIGHT, FPS = 3840, 2160, 30
+#: Azure Kinect colour modes (MJPEG) the sample can record: 4K, and 720p for load tests, which
+#: need many sessions rather than many pixels. Both are the same 16:9 crop of the sensor.
+COLOR_MODES = {"2160P": (3840, 2160), "720P": (1280, 720)}
 SOURCE_ROWS = 330  # head and shoulders; lower rows hold a mission badge dlib mistakes for a face
 #: dlib's 68 landmarks on the astronaut photo (shape_predictor_68, detected once), source px.
 SOURCE_LANDMARKS = np.array(
@@ -52,12 +55,13 @@ class HeadMotion:
     roll_deg: np.ndarray  # (N,)
     scale: np.ndarray  # (N,)
     jaw_px: np.ndarray  # (N,) source-px jaw drop
+    canvas_scale: float = 1.0  # canvas px per 4K px (a lower colour mode sees the same scene)
 
     def affine(self, i: int) -> np.ndarray:
         """2×3 matrix mapping source px to canvas px for frame i."""
         m = cv2.getRotationMatrix2D(tuple(FACE_CENTRE), float(self.roll_deg[i]), float(self.scale[i]))
         m[:, 2] += self.centre_xy[i] - FACE_CENTRE
-        return m
+        return m * self.canvas_scale
 
 
 def head_motion(n: int, mouth: np.ndarray, leans: list[tuple[float, float]], rng: np.random.Generator) -> HeadMotion:
@@ -113,11 +117,11 @@ def landmarks(motion: HeadMotion, i: int) -> np.ndarray:
     return cv2.transform(pts[None], motion.affine(i))[0]
 
 
-def background() -> np.ndarray:
+def background(width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
     """A studio wall: vertical gradient with soft low-frequency texture (deterministic)."""
     rng = np.random.default_rng(7)
-    small = cv2.resize(rng.uniform(-12, 12, (27, 48)).astype(np.float32), (WIDTH, HEIGHT), cv2.INTER_CUBIC)
-    grad = np.linspace(70, 40, HEIGHT, dtype=np.float32)[:, None]
+    small = cv2.resize(rng.uniform(-12, 12, (27, 48)).astype(np.float32), (width, height), cv2.INTER_CUBIC)
+    grad = np.linspace(70, 40, height, dtype=np.float32)[:, None]
     base = np.clip(grad + small, 0, 255)
     return np.stack([base * 0.95, base, base * 1.08], axis=2).astype(np.uint8)
 
@@ -130,7 +134,7 @@ def render_frame(src: np.ndarray, wall: np.ndarray, motion: HeadMotion, i: int, 
     h, w = photo.shape[:2]
     corners = cv2.transform(np.array([[[0, 0], [w, 0], [0, h], [w, h]]], np.float64), m)[0]
     x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int), [WIDTH, HEIGHT])
+    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int), [frame.shape[1], frame.shape[0]])
     if x1 <= x0 or y1 <= y0:
         return frame
     m_roi = m.copy()
@@ -159,14 +163,15 @@ def kinect_calibration(fx_px: float = 1800.0) -> dict:
 
 
 def encode_kinect_mkv(path: Path, frames: Iterable[np.ndarray], ffmpeg: str, start_offset_ns: int,
-                      quality: int = 8, track_uid: int = 10**17 + 1) -> None:
+                      quality: int = 8, track_uid: int = 10**17 + 1, color_mode: str = "2160P") -> None:
     """Pipe RGB canvas frames once into ffmpeg → MJPEG Matroska with K4A tags and the calibration
     attachment, like the Azure Kinect recorder. Memory stays at one frame."""
     calib = path.parent / "calibration.json"
     calib.write_text(json.dumps(kinect_calibration(), indent=2))
     cmd = [
         ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "-",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "{}x{}".format(*COLOR_MODES[color_mode]), "-r", str(FPS),
+        "-i", "-",
         "-attach", str(calib), "-fflags", "+bitexact", "-flags:v", "+bitexact",
         "-c:v", "mjpeg", "-q:v", str(quality), "-pix_fmt", "yuvj422p", "-threads", "2",
         "-metadata", "title=Azure Kinect",
@@ -175,7 +180,7 @@ def encode_kinect_mkv(path: Path, frames: Iterable[np.ndarray], ffmpeg: str, sta
         "-metadata", "K4A_DEVICE_SERIAL_NUMBER=000000000000",
         "-metadata:s:v:0", "title=COLOR",
         "-metadata:s:v:0", f"K4A_COLOR_TRACK={track_uid}",
-        "-metadata:s:v:0", "K4A_COLOR_MODE=MJPG_2160P",
+        "-metadata:s:v:0", f"K4A_COLOR_MODE=MJPG_{color_mode}",
         "-metadata:s:t:0", "mimetype=application/octet-stream",
         "-metadata:s:t:0", "K4A_CALIBRATION_FILE=calibration.json",
         str(path),
@@ -196,14 +201,15 @@ def encode_kinect_mkv(path: Path, frames: Iterable[np.ndarray], ffmpeg: str, sta
 
 def write_kinect_mkv(
     path: Path, motion: HeadMotion, ffmpeg: str, start_offset_ns: int, quality: int = 8, seed: int = 0,
-    hidden: range = range(0), second_person: HeadMotion | None = None,
+    hidden: range = range(0), second_person: HeadMotion | None = None, color_mode: str = "2160P",
 ) -> None:
     """Render every frame of the photo's motion into a Kinect-like recording (encode_kinect_mkv).
 
     `hidden` frames show the empty studio (the singer stepped away); `second_person` adds
-    another copy of the photo with its own motion (someone else in the shot).
+    another copy of the photo with its own motion (someone else in the shot). The motions'
+    `canvas_scale` must match `color_mode`.
     """
-    src, wall = source_image(), background()
+    src, wall = source_image(), background(*COLOR_MODES[color_mode])
 
     def frames():
         for i in range(len(motion.scale)):
@@ -214,4 +220,4 @@ def write_kinect_mkv(
                 render_frame(src, wall, motion, i, frame)
             yield frame
 
-    encode_kinect_mkv(path, frames(), ffmpeg, start_offset_ns, quality, 10**17 + seed * 7919 + 1)
+    encode_kinect_mkv(path, frames(), ffmpeg, start_offset_ns, quality, 10**17 + seed * 7919 + 1, color_mode)
