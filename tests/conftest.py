@@ -74,10 +74,24 @@ def session_copy(sample_session, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
+    """A Prefect API for the run, and one local Dask cluster (2 worker processes, as a flow would
+    start) that every flow of the run uses through SINGINGHEAD_DASK_ADDRESS, as a lab's flows
+    use its scheduler: workers start (and import torch, MTCNN, dlib) once, not once per flow."""
+    from distributed import LocalCluster
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+    from singinghead.flows.runtime import local_cluster_kwargs
+
+    with prefect_test_harness(server_startup_timeout=60), LocalCluster(**local_cluster_kwargs()) as cluster:
+        before = os.environ.get("SINGINGHEAD_DASK_ADDRESS")
+        os.environ["SINGINGHEAD_DASK_ADDRESS"] = cluster.scheduler_address
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("SINGINGHEAD_DASK_ADDRESS", None)
+            else:
+                os.environ["SINGINGHEAD_DASK_ADDRESS"] = before
 
 
 class PeakRSS:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import cloudpickle
 from prefect import flow, task
-from prefect_dask import DaskTaskRunner
 
 from singinghead.flows.process_session import _step, progress, run_pipelines
-from singinghead.flows.runtime import local_cluster_kwargs
+from singinghead.flows.runtime import task_runner
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
 
@@ -63,7 +62,7 @@ def test_a_short_take_moves_on_while_a_long_one_is_still_running(tmp_path, prefe
     def done_take():  # its outputs are catalogued already: nothing is submitted
         return (yield from _step("s", "D", "one", lambda: ["catalogued"], lambda: broken.submit(), submitted))
 
-    @flow(task_runner=DaskTaskRunner(cluster_kwargs=local_cluster_kwargs()))
+    @flow(task_runner=task_runner())  # the run's Dask cluster: two worker processes
     def takes() -> dict:
         return run_pipelines({"A": short_take(), "B": long_take(), "C": failing_take(), "D": done_take()})
 
