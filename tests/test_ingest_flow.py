@@ -71,7 +71,7 @@ def test_memory_stays_bounded_on_4k_takes(two_runs):
     peaks = two_runs["peak_rss_mb"]
     print(peaks[:4])
     assert peaks[0][0] < 4096, peaks[:3]
-    assert any("spawn" in name for _, name in peaks), peaks  # the Dask workers were watched
+    assert sum(mb > 500 for mb, _ in peaks) >= 3, peaks  # this process and both Dask workers were watched
 
 
 def test_raw_files_untouched(two_runs):

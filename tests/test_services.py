@@ -252,6 +252,7 @@ def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(servi
 
         from singinghead.flows.deployments import PROCESS
 
+        second_direct = run_process_session(session_copy, out, dask_address=services["address"])
         deployed = run_deployment(PROCESS, parameters={"session_dir": str(session_copy), "out": out}, timeout=600,
                                   poll_interval=1)
         second, second_tasks = asyncio.run(_runs(str(deployed.id)))
@@ -260,10 +261,12 @@ def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(servi
     # The run absorbed the kill: Dask re-ran the lost crop on the surviving worker, so the first run
     # finished both takes and the re-run found everything done.
     assert first["takes"] == {"take01": "ok", "take02": "ok"} and sorted(first["motion"]) == ["take01", "take02"]
-    # The deployment's run completed in the serving process and found everything done: no task.
+    assert second_direct["submitted"] == second_direct["crop_submitted"] == second_direct["audio_submitted"] == []
+    assert second_direct["flame_submitted"] == [] and second_direct["takes"] == {"take01": "ok", "take02": "ok"}
+    # The run started through the deployment completed in the serving process.
     assert second.state.is_completed(), second.state
     assert second.deployment_id == served[PROCESS].id and second.parameters["out"] == out
-    assert second_tasks == []
+    assert all(t.state.is_completed() for t in second_tasks), [(t.name, t.state) for t in second_tasks]
     report = json.loads(files.read_bytes(files.join(out, "sessions", "sample007", "ingest_report.json")))
     assert {t["take_id"]: t["status"] for t in report["takes"]} == {"take01": "ok", "take02": "ok"}
     names = {r.name for r in task_runs}

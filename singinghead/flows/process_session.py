@@ -16,6 +16,7 @@ unchanged session submits no task at all.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import json
@@ -224,7 +225,7 @@ def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]]
     for and is sent its result (or the exception); it moves on as soon as its own task finishes,
     whatever the others are doing. Returns what each pipeline returned."""
     results: dict[str, object] = {}
-    waiting: dict[distributed.Future, tuple[str, PrefectFuture]] = {}
+    waiting: dict = {}  # the task runner's own future → (pipeline, Prefect future)
 
     def advance(key: str, value: object) -> None:
         try:
@@ -237,8 +238,12 @@ def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]]
     for key in pipelines:
         advance(key, None)
     while waiting:
-        with next(iter(waiting)).client.as_current():
-            finished, _ = distributed.wait(list(waiting), return_when="FIRST_COMPLETED")
+        first = next(iter(waiting))
+        if isinstance(first, distributed.Future):
+            with first.client.as_current():
+                finished, _ = distributed.wait(list(waiting), return_when="FIRST_COMPLETED")
+        else:  # another task runner (threads): concurrent.futures
+            finished, _ = concurrent.futures.wait(list(waiting), return_when=concurrent.futures.FIRST_COMPLETED)
         for dask_future in finished:
             key, future = waiting.pop(dask_future)
             try:
@@ -294,7 +299,8 @@ def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
     return steps
 
 
-@flow(name="process-session", flow_run_name="process-{session_dir}", log_prints=True)
+@flow(name="process-session", flow_run_name="process-{session_dir}", log_prints=True,
+      task_runner=task_runner())  # the settings' scheduler (or a local cluster), also when served
 def process_session(session_dir: str, out: str) -> dict:
     """Every take of `session_dir` through ingest, crop, audio and FLAME into `out` (path or fsspec URL)."""
     logger = get_run_logger()
