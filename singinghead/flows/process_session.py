@@ -244,8 +244,8 @@ def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]]
                 finished, _ = distributed.wait(list(waiting), return_when="FIRST_COMPLETED")
         else:  # another task runner (threads): concurrent.futures
             finished, _ = concurrent.futures.wait(list(waiting), return_when=concurrent.futures.FIRST_COMPLETED)
-        for dask_future in finished:
-            key, future = waiting.pop(dask_future)
+        for runner_future in finished:
+            key, future = waiting.pop(runner_future)
             try:
                 value = future.result()
             except Exception as exc:
