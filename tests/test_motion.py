@@ -52,6 +52,22 @@ def test_every_segment_has_59d_motion(processed_sample, segments):
     np.testing.assert_allclose(segments[0][3], info["shape"])
 
 
+def test_the_monocular_shape_does_not_depend_on_the_order_takes_finish_in(processed_sample):
+    """The subject's shape is part of the sequences' catalog key: the same frame fits listed in
+    another order (another take finished first) must give it to the last bit, or a re-run of an
+    unchanged session would redo every sequence."""
+    from singinghead.storage.catalog import Catalog
+
+    refs = [r for e in Catalog(processed_sample["out"]).entries(flame_fit.STEP_FRAMES) for r in e.outputs
+            if r.meta.get("kind") == "flame_frames"]
+    assert len({r.url.split("/takes/")[1].split("/")[0] for r in refs}) >= 2  # frames of several takes
+    shape, frames = flame_fit.subject_shape(refs)
+    reordered, same_frames = flame_fit.subject_shape(refs[::-1])
+    assert shape.tobytes() == reordered.tobytes() and frames == same_frames
+    info = files.read_json(processed_sample["first"]["subject_shape"])
+    assert np.array_equal(shape, info["monocular_shape"])
+
+
 def test_head_roll_follows_the_known_motion(segments):
     for _take, url, t, _, truth in segments:
         roll = image_roll_deg(np.asarray(t["motion"]))

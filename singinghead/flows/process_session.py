@@ -223,7 +223,8 @@ def _step(session_id: str, take_id: str, step: str, done: Callable[[], object], 
 def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]]) -> dict[str, object]:
     """Drive several pipelines at once. Each is a generator that yields the task future it waits
     for and is sent its result (or the exception); it moves on as soon as its own task finishes,
-    whatever the others are doing. Returns what each pipeline returned."""
+    whatever the others are doing. Returns what each pipeline returned, in the pipelines' order
+    (not the order they finished in: what is computed from the results must not depend on timing)."""
     results: dict[str, object] = {}
     waiting: dict = {}  # the task runner's own future → (pipeline, Prefect future)
 
@@ -251,7 +252,7 @@ def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]]
             except Exception as exc:
                 value = exc
             advance(key, value)
-    return results
+    return {key: results[key] for key in pipelines}
 
 
 def _ok(result: dict | None) -> bool:

@@ -353,9 +353,11 @@ def _frame_fit(data: dict[str, np.ndarray]) -> FrameFit:
 
 def subject_shape(frame_refs: list[ArtifactRef], scale: float = SHAPE_OUTLIER_SCALE) -> tuple[np.ndarray, int]:
     """The subject's shape: mean of the per-frame shapes of all its segments, without frames that
-    had no landmarks or whose shape is a box-plot outlier. Returns (shape (100,), frames used)."""
+    had no landmarks or whose shape is a box-plot outlier. Returns (shape (100,), frames used).
+    The same frames give the same shape to the last bit whatever order their files are listed in
+    (the shape is part of the sequences' catalog key)."""
     shapes, weights = [], []
-    for ref in frame_refs:
+    for ref in sorted(frame_refs, key=lambda r: r.url):
         d = _load_npz(ref.url)
         ok = np.isfinite(d["error_px"])
         shapes.append(d["shape"][ok])
