@@ -49,7 +49,7 @@ def _stop(*procs: subprocess.Popen) -> None:
             p.terminate()
     for p in procs:
         try:
-            p.wait(timeout=20)
+            p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
 
