@@ -4,13 +4,12 @@ scheduler with two worker processes that advertise one GPU each."""
 
 from __future__ import annotations
 
-import contextvars
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -182,6 +181,8 @@ def test_the_lab_deployments_take_typed_parameters(served):
     assert schema(RELEASE)["seed"]["type"] == "integer"
     assert {"type": "integer"} in schema(TRAIN)["max_steps"]["anyOf"]
     assert all(served[name].enforce_parameter_schema for name in (PROCESS, RELEASE, TRAIN))
+    # Runs import the flows by module, as the Dask workers import their tasks.
+    assert served[PROCESS].entrypoint == "singinghead.flows.process_session.process_session"
 
 
 def _worker_pids(address: str) -> dict[str, int]:
@@ -201,23 +202,30 @@ async def _runs(flow_run_id: str):
     return flow_run, tasks
 
 
-def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(services, short_session_copy,
+def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(services, served, short_session_copy,
                                                                            monkeypatch):
-    """process_session on the Prefect server + Dask scheduler, output on S3, a tag concurrency limit
-    of one GPU task; one worker is killed (SIGKILL, by pid) while it holds a crop task: Dask hands
-    the task to the other worker, the run finishes every take, a re-run has nothing left to do,
-    and every catalogued artifact is whole and listed once."""
+    """process_session started as lab staff start it: through the process-session deployment that
+    `singinghead serve` registered on the Prefect server; tasks on the Dask scheduler, output on
+    S3, a tag concurrency limit of one GPU task; one worker is killed (SIGKILL, by pid) while it
+    holds a crop task: Dask hands the task to the other worker, the run finishes every take, a
+    re-run has nothing left to do, and every catalogued artifact is whole and listed once."""
     import asyncio
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from singinghead.flows.deployments import PROCESS
     from singinghead.flows.process_session import run_process_session
 
     session_copy = short_session_copy
     monkeypatch.setenv("SINGINGHEAD_DASK_GPU_RESOURCE", "true")
     out = f"s3://{BUCKET}/processed"
+
+    async def state(flow_run_id):
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run_id)).state
 
     with temporary_settings({PREFECT_API_URL: services["api"]}):
         async def limit():
@@ -225,33 +233,33 @@ def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(servi
                 await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="tag:gpu", limit=1))
         asyncio.run(limit())
 
-        result: dict = {}
-        context = contextvars.copy_context()  # the thread must see the API URL set above
-        runner = threading.Thread(target=context.run, args=(lambda: result.update(
-            first=run_process_session(session_copy, out, dask_address=services["address"])),))
         pids = _worker_pids(services["address"])
-        runner.start()
+        started = run_deployment(PROCESS, parameters={"session_dir": str(session_copy), "out": out}, timeout=0)
         killed = None
         deadline = time.monotonic() + 300
         ingested = False
-        while runner.is_alive() and killed is None and time.monotonic() < deadline:
+        while killed is None and time.monotonic() < deadline and not asyncio.run(state(started.id)).is_final():
             time.sleep(0.2)
             ingested = ingested or len(Catalog(out).entries("ingest")) == 2
-            if ingested:  # ingest is over: a busy worker holds a crop task (the only step submitted next)
+            if ingested:  # ingest is over: a busy worker holds a crop task (no take has audio to do yet)
                 busy = [w for w, keys in _processing(services["address"]).items() if keys]
                 if busy and not Catalog(out).entries("crop"):
                     killed = pids[busy[0]]
                     os.kill(killed, signal.SIGKILL)
-        runner.join(timeout=1200)
         assert killed is not None, "no crop task was seen running"
-        assert not runner.is_alive()
-        first = result["first"]
+        deadline = time.monotonic() + 1200
+        while not asyncio.run(state(started.id)).is_final() and time.monotonic() < deadline:
+            time.sleep(1)
+        flow_run, task_runs = asyncio.run(_runs(str(started.id)))
         second_direct = run_process_session(session_copy, out, dask_address=services["address"])
-        flow_run, task_runs = asyncio.run(_runs(first["flow_run_id"]))
-    assert flow_run.state.is_completed()
-    # The run absorbed the kill: Dask re-ran the lost crop on the surviving worker, so the first run
-    # finished both takes and the re-run found everything done.
-    assert first["takes"] == {"take01": "ok", "take02": "ok"} and sorted(first["motion"]) == ["take01", "take02"]
+    # The run, served by `singinghead serve`, absorbed the kill: Dask re-ran the lost crop on the
+    # surviving worker, so it finished both takes and the re-run found everything done.
+    assert flow_run.state.is_completed(), (flow_run.state, (services["home"] / "serve.log").read_text()[-4000:])
+    assert flow_run.deployment_id == served[PROCESS].id and flow_run.parameters["out"] == out
+    report = json.loads(files.read_bytes(files.join(out, "sessions", "sample007", "ingest_report.json")))
+    assert {t["take_id"]: t["status"] for t in report["takes"]} == {"take01": "ok", "take02": "ok"}
+    index = json.loads(files.read_bytes(files.join(out, "sessions", "sample007", "processed.json")))
+    assert sorted(index["takes"]) == ["take01", "take02"] and all(t["segments"] for t in index["takes"].values())
     assert second_direct["submitted"] == second_direct["crop_submitted"] == second_direct["audio_submitted"] == []
     assert second_direct["flame_submitted"] == [] and second_direct["takes"] == {"take01": "ok", "take02": "ok"}
     names = {r.name for r in task_runs}

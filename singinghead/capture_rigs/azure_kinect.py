@@ -20,11 +20,34 @@ from pathlib import Path
 import av
 import numpy as np
 
-from singinghead.schemas.artifacts import VideoProbe
+from singinghead.schemas.artifacts import FrameDrop, VideoProbe
 from singinghead.schemas.errors import InputError
 
 _LOWRES = {1: 0, 2: 1, 4: 2, 8: 3}
 _SENSOR = (4096, 3072)  # the colour sensor; calibration parameters are normalised to it
+#: A step longer than this many frame periods means the device dropped frames (the Kinect's
+#: timestamps jitter by well under a millisecond at 30 fps; one lost frame doubles the step).
+DROP_STEP = 1.5
+
+
+def frame_drops(timestamps: np.ndarray) -> list[FrameDrop]:
+    """Where the device dropped frames, read from its timestamps: every step longer than
+    DROP_STEP times the median step, with the frames lost in it."""
+    if len(timestamps) < 2:
+        return []
+    steps = np.diff(timestamps)
+    median = float(np.median(steps))
+    return [FrameDrop(frame=int(i) + 1, missing=max(1, int(round(steps[i] / median)) - 1), gap_s=float(steps[i]))
+            for i in np.flatnonzero(steps > DROP_STEP * median)]
+
+
+def frame_period(timestamps: np.ndarray, drops: list[FrameDrop] | None = None) -> float | None:
+    """The device's frame period: the span over the frame slots it covers, dropped ones included
+    (not the median step, which a millisecond timebase rounds to 33 or 34 ms)."""
+    if len(timestamps) < 2:
+        return None
+    drops = frame_drops(timestamps) if drops is None else drops
+    return float(timestamps[-1] - timestamps[0]) / (len(timestamps) - 1 + sum(d.missing for d in drops))
 
 
 @dataclass(frozen=True)
@@ -194,17 +217,20 @@ class KinectRecording:
     def probe(self, timestamps: np.ndarray | None = None) -> VideoProbe:
         """Stream facts; pass `timestamps` when already read to avoid a second demux."""
         ts = self.timestamps() if timestamps is None else timestamps
-        if len(ts) > 1:
-            fps = (len(ts) - 1) / float(ts[-1] - ts[0])
+        drops = frame_drops(ts)
+        period = frame_period(ts, drops)
+        if period:  # the device's rate, whatever frames it dropped
+            fps = 1.0 / period
         else:
             rate = self.color_stream.average_rate or self.color_stream.guessed_rate
             fps = float(rate) if rate else 0.0
-        duration = len(ts) / fps if fps else 0.0
+        duration = float(ts[-1] - ts[0]) + 1.0 / fps if fps else 0.0  # first frame's start to last's end
         return VideoProbe(
             path=str(self.path), codec=self.color_stream.codec_context.name,
             width=self.width, height=self.height, fps=round(fps, 4), frames=len(ts),
             duration_s=duration, first_pts_s=float(ts[0]), start_offset_ns=self.start_offset_ns,
             color_mode=self.color_mode, has_calibration=self.has_calibration(),
+            frame_period_s=period, frame_drops=drops,
         )
 
     # -- frames --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
+from prefect.types.entrypoint import EntrypointType
 
 from singinghead.flows.build_release import build_release
 from singinghead.flows.process_session import process_session
@@ -23,17 +24,20 @@ TRAIN = "train-unisinger/train-unisinger"
 
 
 def deployments() -> list[RunnerDeployment]:
-    """One deployment per flow; parameters typed from the flows' signatures (checked on submit)."""
-    tags = ["singinghead"]
+    """One deployment per flow; parameters typed from the flows' signatures (checked on submit).
+    Entry points are module paths: a run imports `singinghead.flows…` as the Dask workers do, so
+    what it sends them (task functions, the run's context) unpickles there (a file-path entry
+    point loads the flow under a private module name no worker can import)."""
+    tags, entry = ["singinghead"], EntrypointType.MODULE_PATH
     return [
         process_session.with_options(task_runner=task_runner()).to_deployment(
-            "process-session", tags=tags,
+            "process-session", tags=tags, entrypoint_type=entry,
             description="A capture session folder → processed takes (parameters: session_dir, out)."),
         build_release.to_deployment(
-            "build-release", tags=tags,
+            "build-release", tags=tags, entrypoint_type=entry,
             description="Processed sessions (sources) → a release version at out."),
         train_unisinger.to_deployment(
-            "train-unisinger", tags=tags, concurrency_limit=1,
+            "train-unisinger", tags=tags, concurrency_limit=1, entrypoint_type=entry,
             description="Train UniSinger on a release (one training run at a time per server)."),
     ]
 

@@ -41,7 +41,7 @@ from singinghead.schemas.manifest import (
 )
 from singinghead.storage.assets import ffmpeg_exe
 
-GENERATOR_VERSION = "6"
+GENERATOR_VERSION = "7"  # 7: frame drops (ground truth `recorded`)
 MIC_SR, SONG_SR = 48_000, 44_100
 
 #: Per take: song metadata, leans [(s, Δx px)], log offsets, and the log's error on video→mic.
@@ -70,7 +70,8 @@ Everything here is known by construction (singinghead.samples); the pipeline nev
 - `centre_xy` (N, 2) canvas position of the face centre; `roll_deg` (N); `scale` (N);
 - `jaw_px` (N) jaw drop in source px; `mouth_opening` (N) 0..1 (vocal envelope × vowel openness);
 - `landmarks` (N, 68, 2) dlib-convention 68 points on the canvas; `face_box` (N, 4) x0, y0, x1, y1
-  = bounds of those landmarks.
+  = bounds of those landmarks; `recorded` (N) False for frames the "device" dropped (they are
+  not in the recording: its k-th frame is the k-th recorded one; `takes.<id>.dropped_frames`).
 
 `ground_truth.json` → `light_stage`: `source` ("stand-in head" or "real scan"), the head's FLAME
 `shape` (100, the packaged ICT head in FLAME's formats, neutral expression and pose; null for a
@@ -93,16 +94,30 @@ def _take_audio(spec: dict, duration_s: float, rng: np.random.Generator):
     return song_vocals_st, accomp, dry, mouth
 
 
+def _dropped_frames(n_frames: int, gaps: int, rng: np.random.Generator) -> np.ndarray:
+    """Frame numbers of `gaps` separate drops of 1–3 frames, at least a second from either end
+    and from each other."""
+    if gaps == 0:
+        return np.zeros(0, int)
+    slots = np.arange(video.FPS, n_frames - 2 * video.FPS, 2 * video.FPS)  # one drop per 2 s slot at most
+    if len(slots) < gaps:
+        raise ValueError(f"{gaps} frame drops do not fit in {n_frames} frames")
+    starts = np.sort(rng.choice(slots, gaps, replace=False)) + rng.integers(0, video.FPS // 2, gaps)
+    return np.concatenate([np.arange(s, s + rng.integers(1, 4)) for s in starts])
+
+
 def build_sample_session(
     out: str | Path, seed: int = 0, duration_s: float = 20.0, on_take: Callable[[str], None] | None = None,
     light_stage: bool = True, scan: TexturedScan | None = None, n_takes: int = len(TAKES),
-    color_mode: str = "2160P",
+    color_mode: str = "2160P", frame_drops: int = 0,
 ) -> Path:
     """Write the sample session into `out` (created) and return its path (without the light
     stage when `light_stage` is False, and with only the first `n_takes` takes: load tests queue
     many small sessions). With `scan` (a real textured scan, samples.real_scan) the light stage
     photographs that scan instead of the stand-in head with a known shape. `color_mode` "720P"
-    records the same scene at 1280×720 (load tests: many sessions, few pixels)."""
+    records the same scene at 1280×720 (load tests: many sessions, few pixels). `frame_drops`
+    gaps of 1–3 frames each (seeded) are left out of every take's recording, as a device that
+    drops frames does; the ground truth says which frames were recorded."""
     width, height = video.COLOR_MODES[color_mode]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,8 +154,11 @@ def build_sample_session(
         motion = dataclasses.replace(video.head_motion(n_frames, mouth_frames, spec["leans"], rng),
                                      canvas_scale=width / video.WIDTH)
         start_offset_ns = 200_000_000 + 1_000_000 * k
+        dropped = _dropped_frames(n_frames, frame_drops, np.random.default_rng([seed, k, 17]))
         video.write_kinect_mkv(take_dir / "kinect.mkv", motion, ffmpeg, start_offset_ns, seed=seed * 10 + k,
-                               color_mode=color_mode)
+                               color_mode=color_mode, dropped=dropped)
+        recorded = np.ones(n_frames, bool)
+        recorded[dropped] = False
 
         lmk = np.stack([video.landmarks(motion, i) for i in range(n_frames)])
         np.savez_compressed(
@@ -148,7 +166,7 @@ def build_sample_session(
             time_s=t_video, affine=np.stack([motion.affine(i) for i in range(n_frames)]),
             centre_xy=motion.centre_xy, roll_deg=motion.roll_deg, scale=motion.scale,
             jaw_px=motion.jaw_px, mouth_opening=mouth_frames.astype(np.float32), landmarks=lmk,
-            face_box=np.concatenate([lmk.min(1), lmk.max(1)], axis=1),
+            face_box=np.concatenate([lmk.min(1), lmk.max(1)], axis=1), recorded=recorded,
         )
         log = CaptureLog(video_start_s=spec["video_to_mic"], mic_start_s=0.0, song_start_s=-spec["mic_to_song"])
         takes.append(Take(
@@ -162,6 +180,7 @@ def build_sample_session(
             "log_offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": spec["video_to_mic"]},
             "cuts_s": [when for when, _ in spec["leans"]],
             "frames": n_frames, "fps": video.FPS, "bpm": spec["bpm"],
+            "dropped_frames": [int(i) for i in dropped],
             "k4a_start_offset_ns": start_offset_ns,
             "files": {"song_vocals": f"{spec['id']}_song_vocals.wav",
                       "song_accompaniment": f"{spec['id']}_song_accompaniment.wav",

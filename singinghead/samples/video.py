@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,15 +163,22 @@ def kinect_calibration(fx_px: float = 1800.0) -> dict:
 
 
 def encode_kinect_mkv(path: Path, frames: Iterable[np.ndarray], ffmpeg: str, start_offset_ns: int,
-                      quality: int = 8, track_uid: int = 10**17 + 1, color_mode: str = "2160P") -> None:
+                      quality: int = 8, track_uid: int = 10**17 + 1, color_mode: str = "2160P",
+                      dropped: Sequence[int] = ()) -> None:
     """Pipe RGB canvas frames once into ffmpeg → MJPEG Matroska with K4A tags and the calibration
-    attachment, like the Azure Kinect recorder. Memory stays at one frame."""
+    attachment, like the Azure Kinect recorder. Memory stays at one frame. Frames numbered in
+    `dropped` are left out and the others keep their capture times, as when the device drops
+    frames: a gap in the timestamps."""
     calib = path.parent / "calibration.json"
     calib.write_text(json.dumps(kinect_calibration(), indent=2))
+    drop = []
+    if len(dropped):
+        keep = "*".join(f"not(eq(n\\,{int(i)}))" for i in sorted(set(dropped)))
+        drop = ["-vf", f"select={keep}", "-fps_mode", "passthrough"]  # the kept frames keep their times
     cmd = [
         ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "{}x{}".format(*COLOR_MODES[color_mode]), "-r", str(FPS),
-        "-i", "-",
+        "-i", "-", *drop,
         "-attach", str(calib), "-fflags", "+bitexact", "-flags:v", "+bitexact",
         "-c:v", "mjpeg", "-q:v", str(quality), "-pix_fmt", "yuvj422p", "-threads", "2",
         "-metadata", "title=Azure Kinect",
@@ -202,12 +209,14 @@ def encode_kinect_mkv(path: Path, frames: Iterable[np.ndarray], ffmpeg: str, sta
 def write_kinect_mkv(
     path: Path, motion: HeadMotion, ffmpeg: str, start_offset_ns: int, quality: int = 8, seed: int = 0,
     hidden: range = range(0), second_person: HeadMotion | None = None, color_mode: str = "2160P",
+    dropped: Sequence[int] = (),
 ) -> None:
     """Render every frame of the photo's motion into a Kinect-like recording (encode_kinect_mkv).
 
     `hidden` frames show the empty studio (the singer stepped away); `second_person` adds
     another copy of the photo with its own motion (someone else in the shot). The motions'
-    `canvas_scale` must match `color_mode`.
+    `canvas_scale` must match `color_mode`. Frames numbered in `dropped` never reach the file
+    (device frame drops; see encode_kinect_mkv).
     """
     src, wall = source_image(), background(*COLOR_MODES[color_mode])
 
@@ -220,4 +229,5 @@ def write_kinect_mkv(
                 render_frame(src, wall, motion, i, frame)
             yield frame
 
-    encode_kinect_mkv(path, frames(), ffmpeg, start_offset_ns, quality, 10**17 + seed * 7919 + 1, color_mode)
+    encode_kinect_mkv(path, frames(), ffmpeg, start_offset_ns, quality, 10**17 + seed * 7919 + 1, color_mode,
+                      dropped)

@@ -25,6 +25,14 @@ class RawFile(BaseModel):
     size: int
 
 
+class FrameDrop(BaseModel):
+    """Frames the device did not deliver: a gap in the colour timestamps before `frame`."""
+
+    frame: int  # index of the first frame after the gap
+    missing: int  # frames lost in the gap (gap / period − 1, rounded)
+    gap_s: float  # time from the previous frame
+
+
 class VideoProbe(BaseModel):
     path: str
     codec: str
@@ -37,6 +45,12 @@ class VideoProbe(BaseModel):
     start_offset_ns: int | None = None
     color_mode: str | None = None
     has_calibration: bool = False
+    frame_period_s: float | None = None  # the device's frame period (median timestamp step)
+    frame_drops: list[FrameDrop] = []
+
+    @property
+    def dropped_frames(self) -> int:
+        return sum(d.missing for d in self.frame_drops)
 
 
 class AudioProbe(BaseModel):

@@ -139,6 +139,8 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
 
     segments = []
     for row in rows:
+        # Placed by the device timestamps: the cut starts where the segment's first frame was
+        # captured; segments never span a frame drop (crop), so its frames are n_frames periods.
         start_video = row["t_start_s"] - first_pts_s
         duration = row["n_frames"] * FRAME_S
         mic_cut, mic_pad = cut(mic, mic_sr, start_video + video_to_mic, duration)

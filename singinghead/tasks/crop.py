@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from singinghead.capture_rigs.azure_kinect import KinectRecording
+from singinghead.capture_rigs.azure_kinect import KinectRecording, frame_drops
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.segments import SEGMENT_SCHEMA, CropSummary, Cut, DroppedSequence
@@ -43,7 +43,7 @@ from singinghead.storage.assets import dlib_landmark_model, ffmpeg_exe
 from singinghead.storage.catalog import Catalog, cache_key
 
 STEP = "crop"
-VERSION = "1"
+VERSION = "2"  # 2: segments end at the device's frame drops
 EDGE_LANDMARKS = np.arange(0, 27)  # jaw contour 0–16, brows 17–26
 
 
@@ -193,11 +193,14 @@ def border_distance(points: np.ndarray, box: tuple[int, int, int]) -> float:
 
 def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None = None
                  ) -> tuple[list[Segment], CropSummary, np.ndarray]:
-    """Find the segments of a take. Returns (kept segments, summary, per-frame timestamps)."""
+    """Find the segments of a take. Returns (kept segments, summary, per-frame timestamps).
+    A segment never spans a frame drop of the device: within a segment, frame k is k frame
+    periods after its first frame, which is what its audio cut, motion and windows rely on."""
     analyser = analyser or face_analyser(p.device)
     with KinectRecording(video) as rec:
         timestamps = rec.timestamps()
         width, height, fps = rec.width, rec.height, rec.probe(timestamps).fps
+        drops = {d.frame: d for d in frame_drops(timestamps)}
         take_id = Path(video).parent.name
         summary = CropSummary(take_id=take_id, frames=len(timestamps), segments_kept=0, segments_dropped=0,
                               seconds_kept=0.0)
@@ -241,6 +244,12 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
             return lmk, float(probs[face]), len(faces)
 
         for idx, _, img in rec.frames(scale=s, step=p.check_every, skip_corrupt=True):
+            gap = None if current is None else next(
+                (f for f in drops if current.frame_start < f <= idx), None)
+            if gap is not None:  # the device lost frames since the last check: end the segment there
+                close(current, gap, f"{drops[gap].missing} frames dropped before frame {gap} "
+                                    f"({drops[gap].gap_s * 1000:.0f} ms gap)")
+                current = None
             if img is None:
                 summary.corrupt_frames.append(idx)
                 if current is not None:
@@ -293,6 +302,9 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
             f"(first: {summary.frames_with_several_faces[0]}); kept the largest, most central face")
     if summary.corrupt_frames:
         summary.warnings.append(f"{Path(video).name}: frames {summary.corrupt_frames} cannot be decoded")
+    if drops:
+        summary.warnings.append(f"the device dropped {sum(d.missing for d in drops.values())} frames in "
+                                f"{len(drops)} gaps; segments end at each gap")
     return kept, summary, timestamps
 
 

@@ -23,7 +23,7 @@ from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
 
 STEP = "ingest"
-VERSION = "1"
+VERSION = "2"  # 2: frame drops from the device timestamps
 
 EXPECTED_FPS = 30.0
 SILENT_PEAK_DBFS = -50.0  # a mic take whose loudest sample is below this holds no voice
@@ -60,6 +60,11 @@ def probe_take(session_dir: str | Path, take: Take, raw: list[RawFile]) -> TakeI
     v, mic, song = result.video, result.mic, result.song
     if v is not None and abs(v.fps - EXPECTED_FPS) > 0.5:
         warnings.append(f"{take.video}: colour track runs at {v.fps:.2f} fps, expected {EXPECTED_FPS:g}")
+    if v is not None and v.frame_drops:
+        longest = max(v.frame_drops, key=lambda d: d.gap_s)
+        warnings.append(f"{take.video}: the device dropped {v.dropped_frames} frames in {len(v.frame_drops)} "
+                        f"gaps (longest {longest.gap_s * 1000:.0f} ms, before frame {longest.frame}); "
+                        "portrait segments are cut at every gap")
     if mic is not None:
         levels = level_stats(root / take.mic)
         result.checks["mic_levels"] = levels

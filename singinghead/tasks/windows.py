@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import subprocess
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ class Window:
     singing: np.ndarray  # (128000,) float32
     bgm: np.ndarray
     video_source: str  # the segment MP4
+    video_start_s: float = 0.0  # the window's first frame in the segment MP4 (from the timestamps)
     files: dict[str, str] = field(default_factory=dict)  # role → release-relative path once written
 
 
@@ -101,13 +103,24 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
     arrays = {k: np.asarray(t[k], dtype=np.float32) for k in
               ("motion", "translation", "landmarks", "landmark_confidence", "mouth_opening", "eye_closure",
                "reprojection_error_px")}
+    # Placed by the device timestamps: window k's audio starts where its first frame was
+    # captured. Segments never span a frame drop (crop), so this is 240 k frames of 1/30 s; a
+    # window whose frames are not evenly spaced (a drop inside) would pair frames with the wrong
+    # audio and is left out, loudly.
+    ts = np.asarray(t["timestamp_s"], dtype=np.float64)
+    period = (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else 1.0 / 30
     out = []
     for k in range(n):
         wid = window_id(subject["id"], session, take_id, segment["segment_index"], k)
         if wid in skip:
             continue
         a, b = k * R.WINDOW_FRAMES, (k + 1) * R.WINDOW_FRAMES
-        sa, sb = k * R.WINDOW_SAMPLES, (k + 1) * R.WINDOW_SAMPLES
+        if abs(ts[b - 1] - ts[a] - (R.WINDOW_FRAMES - 1) * period) > period / 2:
+            logging.getLogger(__name__).warning("%s: frames %d–%d of %s are not evenly spaced (a frame drop): "
+                                                "window left out", wid, a, b - 1, segment["motion"])
+            continue
+        sa = int(round((ts[a] - ts[0]) * R.SAMPLE_RATE))
+        sb = sa + R.WINDOW_SAMPLES
         sing = np.pad(singing[sa:sb], (0, max(0, sb - len(singing))))
         music = np.pad(bgm[sa:sb], (0, max(0, sb - len(bgm))))
         row = {
@@ -127,15 +140,18 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
             "qa_flags": qa_flags(arrays["reprojection_error_px"][a:b], arrays["landmark_confidence"][a:b],
                                  t["outliers"][a:b], segment["audio_flags"], take["sync_flags"]),
         }
-        out.append(Window(row, sing.astype(np.float32), music.astype(np.float32), segment["video"]))
+        out.append(Window(row, sing.astype(np.float32), music.astype(np.float32), segment["video"],
+                          video_start_s=float(ts[a] - ts[0])))
     return out
 
 
-def cut_video(segment_video: str, start_frame: int, out_path: str, frames: int = R.WINDOW_FRAMES,
+def cut_video(segment_video: str, start_s: float, out_path: str, frames: int = R.WINDOW_FRAMES,
               fps: float = 30.0) -> None:
-    """Frames [start, start + frames) of a portrait MP4, re-encoded (exact: input seek to just
-    before the first frame, which ffmpeg decodes from the preceding keyframe)."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{max(start_frame - 0.25, 0) / fps:.6f}",
+    """`frames` frames of a portrait MP4 from the one shown at `start_s` (seconds after its first
+    frame), re-encoded (exact: input seek to a quarter frame before it, which ffmpeg decodes from
+    the preceding keyframe)."""
+    start_frame = int(round(start_s * fps))
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{max(start_s - 0.25 / fps, 0):.6f}",
            "-i", segment_video, "-map", "0:v:0", "-frames:v", str(frames), "-c:v", "libx264", "-preset", "veryfast",
            "-crf", "18", "-pix_fmt", "yuv420p", "-an", "-movflags", "+faststart", "-f", "mp4", out_path]
     proc = subprocess.run(cmd, capture_output=True, text=True)
