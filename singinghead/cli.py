@@ -70,6 +70,21 @@ def step_board():
     console.print()
 
 
+@contextlib.contextmanager
+def release_stages():
+    """A progress bar per stage of a release build, ticked by the flow's progress callbacks."""
+    from singinghead.flows.build_release import STAGES, progress
+
+    with _progress() as bars:
+        jobs = {stage: bars.add_task(stage, total=None) for stage in STAGES}
+
+        def tell(stage: str, done: int, total: int) -> None:
+            bars.update(jobs[stage], completed=done, total=total)
+
+        with progress(tell):
+            yield
+
+
 def _progress() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                     console=console)
@@ -264,7 +279,7 @@ def demo(
     _print_summary(summary)
     from singinghead.flows.build_release import run_build_release
 
-    with console.status("building the demo release"):
+    with release_stages():
         result = run_build_release([str(out / "processed")], out / "release", "demo")
     _print_release(result)
 
@@ -353,7 +368,7 @@ def release(
     """Build (or extend) a release: 8 s windows, splits, shards, manifest, card, stats, QA report."""
     from singinghead.flows.build_release import run_build_release
 
-    with console.status("building the release"):
+    with release_stages():
         result = run_build_release(sessions, out, version, seed=seed, split_by=split_by, shard_mb=shard_mb)
     _print_release(result)
 

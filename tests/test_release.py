@@ -41,7 +41,7 @@ def _second_session(processed: Path, tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def releases(processed_sample, prefect_harness, tmp_path_factory):
-    from singinghead.flows.build_release import run_build_release
+    from singinghead.flows.build_release import progress, run_build_release
 
     tmp = tmp_path_factory.mktemp("releases")
     processed = Path(processed_sample["out"])
@@ -49,10 +49,22 @@ def releases(processed_sample, prefect_harness, tmp_path_factory):
     first = run_build_release([str(processed)], tmp / "rel", "v1", shard_mb=1.0)
     before = {p.relative_to(tmp / "rel"): p.read_bytes() for p in (tmp / "rel").rglob("*")
               if p.is_file() and p.parts[-3] in ("shards", "media") or p.parent.name == "media"}
-    added = run_build_release([str(processed), str(second)], tmp / "rel", "v2", shard_mb=1.0)
+    stages = []
+    with progress(lambda *event: stages.append(event)):
+        added = run_build_release([str(processed), str(second)], tmp / "rel", "v2", shard_mb=1.0)
     again = run_build_release([str(processed / "sessions/sample000")], tmp / "rebuild", "v1", shard_mb=1.0)
     return {"tmp": tmp, "rel": tmp / "rel", "first": first, "added": added, "rebuild": tmp / "rebuild",
-            "again": again, "before": before, "processed": processed}
+            "again": again, "before": before, "processed": processed, "stages": stages}
+
+
+def test_the_build_tells_its_stages_in_order(releases):
+    """What `singinghead release` shows: each stage as it finishes, the sessions one by one."""
+    from singinghead.flows.build_release import STAGES
+
+    assert releases["stages"][:3] == [("sessions' windows", 0, 2), ("sessions' windows", 1, 2),
+                                      ("sessions' windows", 2, 2)]
+    finished = [stage for stage, done, total in releases["stages"] if done == total]
+    assert list(dict.fromkeys(finished)) == list(STAGES)
 
 
 def _expected_windows(processed: Path) -> int:

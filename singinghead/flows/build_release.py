@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from singinghead.flows.process_session import INDEX_NAME
-from singinghead.flows.runtime import prefect_api
+from singinghead.flows.runtime import Listeners, prefect_api
 from singinghead.schemas import release as R
 from singinghead.schemas.errors import ReleaseError
 from singinghead.storage import files
@@ -99,6 +99,13 @@ def _shard_windows(release: str, staged: list[dict], build: int, target_mb: floa
     return [r for split in R.SPLITS for r in writers[split].manifest_rows]
 
 
+#: A build's stages, in order; `with progress(callback):` is told (stage, done, total) as they go.
+STAGES = ("sessions' windows", "shards", "manifest and card", "statistics", "QA report")
+_PROGRESS = Listeners()
+progress = _PROGRESS.listening
+_tell = _PROGRESS.tell
+
+
 @flow(name="build-release", flow_run_name="release-{version}")
 def build_release(sources: list[str], out: str, version: str, seed: int = 0, split_by: str = "sequence",
                   shard_mb: float = 256.0) -> dict:
@@ -115,8 +122,14 @@ def build_release(sources: list[str], out: str, version: str, seed: int = 0, spl
     index_urls = find_sessions(sources)
     futures = {url: stage_session.submit(url, files.read_json(url)["session_id"], out, build, seed, split_by, known)
                for url in index_urls}
-    staged = [futures[url].result() for url in index_urls]
+    _tell("sessions' windows", 0, len(index_urls))
+    staged = []
+    for k, url in enumerate(index_urls):
+        staged.append(futures[url].result())
+        _tell("sessions' windows", k + 1, len(index_urls))
+    _tell("shards", 0, 1)
     new_rows = _shard_windows(out, staged, build, shard_mb)
+    _tell("shards", 1, 1)
     for s in staged:
         if s["staging"]:
             for suffix in ("", ".audio.npz"):
@@ -133,8 +146,11 @@ def build_release(sources: list[str], out: str, version: str, seed: int = 0, spl
     files.write_json_atomic(info_url, info)
     card = store.dataset_card(manifest, info)
     files.write_bytes_atomic(files.join(out, "dataset_card.md"), card.encode())
+    _tell("manifest and card", 1, 1)
     stat = stats.release_stats(out, manifest)
+    _tell("statistics", 1, 1)
     report = qa.qa_report(out, manifest)
+    _tell("QA report", 1, 1)
     logger.info("release %s: %d windows (%d new), %s", version, len(manifest), len(new_rows), info["counts"])
     qa_md = "\n".join(f"- `{e['window_id']}`: {'; '.join(e['flags'])}" for e in report["entries"] if e["flags"])
     stats_md = "\n".join(f"- {k}: {v}" for k, v in stat.items() if k not in ("plots", "shares"))

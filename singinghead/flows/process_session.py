@@ -33,7 +33,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
-from singinghead.flows.runtime import local_cluster_kwargs, prefect_api, submit_gpu, task_runner
+from singinghead.flows.runtime import Listeners, local_cluster_kwargs, prefect_api, submit_gpu, task_runner
 from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
@@ -179,22 +179,10 @@ def _publish_if_changed(url: str, data: bytes) -> None:
 
 #: Who is told about progress: callbacks (session_id, take_id, step, state), state one of
 #: "submitted", "done", "up to date", "failed". The CLI draws its progress table from them.
-_LISTENERS: list[Callable[[str, str, str, str], None]] = []
-
-
-@contextlib.contextmanager
-def progress(callback: Callable[[str, str, str, str], None]):
-    """Tell `callback` about every step of every session processed in this process meanwhile."""
-    _LISTENERS.append(callback)
-    try:
-        yield
-    finally:
-        _LISTENERS.remove(callback)
-
-
-def _tell(session_id: str, take_id: str, step: str, state: str) -> None:
-    for callback in list(_LISTENERS):
-        callback(session_id, take_id, step, state)
+_PROGRESS = Listeners()
+#: `with progress(callback):` tells `callback` about every step of every session processed meanwhile.
+progress = _PROGRESS.listening
+_tell = _PROGRESS.tell
 
 
 def _step(session_id: str, take_id: str, step: str, done: Callable[[], object], submit: Callable[[], PrefectFuture],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dask
 from prefect.events.worker import EventsWorker
@@ -90,3 +90,23 @@ def submit_gpu(task, *args):
         return task.submit(*args)
     with dask.annotate(resources={"GPU": 1}):
         return task.submit(*args)
+
+
+class Listeners:
+    """Who is told about a flow's progress in this process (the CLI's live displays): callbacks
+    added for the length of a `with listening(callback)` block, each told every event."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., None]] = []
+
+    @contextlib.contextmanager
+    def listening(self, callback: Callable[..., None]) -> Iterator[None]:
+        self._callbacks.append(callback)
+        try:
+            yield
+        finally:
+            self._callbacks.remove(callback)
+
+    def tell(self, *event) -> None:
+        for callback in list(self._callbacks):
+            callback(*event)

@@ -146,6 +146,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             writer.writerow(["step", "epoch", "lr", "loss", "rec", "vel", "kl", "mesh"])
         model.train()
         for epoch in range(start_epoch, cfg.epochs):
+            bar.set_description(f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}")
             for i, batch in enumerate(_batches(ds, cfg, epoch)):
                 if epoch == start_epoch and i < skip:
                     continue
