@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     local_gpus_per_worker: int = 1
     #: COLMAP's own (glog) progress lines during photogrammetry; off = errors only.
     colmap_verbose: bool = False
+    #: Where torch steps run (MTCNN, syncnet, demucs, the FLAME per-frame and sequence fits,
+    #: training): auto = the first CUDA device when there is one, else the CPU; or cpu, cuda, cuda:1…
+    device: str = "auto"
     #: FLAME 2020/2023 `generic_model.pkl` folder (with landmark embedding and FLAME_masks.pkl).
     flame_dir: Path | None = None
     #: A wav2vec 2.0 checkpoint folder in transformers' format (config.json + weights), e.g.
@@ -57,3 +60,13 @@ class Settings(BaseSettings):
 
 def get_settings() -> Settings:
     return Settings()
+
+
+def torch_device(name: str | None = None):
+    """The torch device named by the settings (or `name`); "auto" = CUDA when available, else CPU."""
+    import torch
+
+    name = name or get_settings().device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

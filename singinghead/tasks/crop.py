@@ -38,6 +38,7 @@ from singinghead.capture_rigs.azure_kinect import KinectRecording, frame_drops
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.segments import SEGMENT_SCHEMA, CropSummary, Cut, DroppedSequence
+from singinghead.schemas.settings import torch_device
 from singinghead.storage import files
 from singinghead.storage.assets import dlib_landmark_model, ffmpeg_exe
 from singinghead.storage.catalog import Catalog, cache_key
@@ -116,11 +117,9 @@ class FaceAnalyser:
 
     def __init__(self, device: str = "auto"):
         import dlib
-        import torch
         from facenet_pytorch import MTCNN
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch_device(None if device == "auto" else device)  # auto: SINGINGHEAD_DEVICE
         # Whole frames: faces from 40 px up. Crops: the face fills about half the crop, so a
         # 256 px input with 64 px minimum faces keeps MTCNN's image pyramid to three levels.
         self.mtcnn = MTCNN(keep_all=True, device=device, post_process=False, min_face_size=40)

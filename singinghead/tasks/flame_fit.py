@@ -48,7 +48,7 @@ from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
 from singinghead.schemas import motion as layout
 from singinghead.schemas.artifacts import ArtifactRef
-from singinghead.schemas.settings import get_settings
+from singinghead.schemas.settings import get_settings, torch_device
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
 from singinghead.tasks.sequence_filters import boxplot_outliers, replace_outliers, smooth_landmarks
@@ -60,13 +60,23 @@ MIN_JUMP = {"shape": 0.5, "expression": 0.5, "pose": 0.03, "jaw": 0.03, "transla
 SHAPE_OUTLIER_SCALE = 1.5  # per-frame shapes of a subject: a population, the inner fence from its mean
 
 
-def _targets(lmk2d: np.ndarray, confidence: np.ndarray | None, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _on(layer: FlameLayer) -> dict:
+    """dtype and device of the layer: every tensor of a fit lives where the layer does."""
+    return {"dtype": layer.p_template.dtype, "device": layer.p_template.device}
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A fit's result back on the CPU: the only place tensors leave the device."""
+    return t.detach().cpu().numpy()
+
+
+def _targets(lmk2d: np.ndarray, confidence: np.ndarray | None, on: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Landmarks with missing frames (NaN) zeroed, and per-frame weights (confidence, 0 when missing)."""
     lmk = np.asarray(lmk2d, dtype=np.float64)
     present = np.isfinite(lmk).all(axis=(1, 2))
     w = np.ones(len(lmk)) if confidence is None else np.nan_to_num(np.asarray(confidence, dtype=np.float64))
     w = np.where(present, w, 0.0)
-    return torch.as_tensor(np.where(present[:, None, None], lmk, 0.0), dtype=dtype), torch.as_tensor(w, dtype=dtype)
+    return torch.as_tensor(np.where(present[:, None, None], lmk, 0.0), **on), torch.as_tensor(w, **on)
 
 
 def _jaw(pitch: torch.Tensor) -> torch.Tensor:
@@ -102,16 +112,16 @@ def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: 
                steps: int = 1000, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-4,
                expr_reg: float = 1e-4) -> FrameFit:
     """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact)."""
-    dt = layer.p_template.dtype
-    target, w = _targets(lmk2d, confidence, dt)
-    Kt = torch.as_tensor(K, dtype=dt)
+    on = _on(layer)
+    target, w = _targets(lmk2d, confidence, on)
+    Kt = torch.as_tensor(K, **on)
     T = len(target)
-    shape = torch.zeros(T, layer.n_shape, dtype=dt, requires_grad=True)
-    expr = torch.zeros(T, layer.n_expression, dtype=dt, requires_grad=True)
-    rot = torch.zeros(T, 3, dtype=dt, requires_grad=True)
-    pitch = torch.zeros(T, 1, dtype=dt, requires_grad=True)
+    shape = torch.zeros(T, layer.n_shape, **on, requires_grad=True)
+    expr = torch.zeros(T, layer.n_expression, **on, requires_grad=True)
+    rot = torch.zeros(T, 3, **on, requires_grad=True)
+    pitch = torch.zeros(T, 1, **on, requires_grad=True)
     trans = _initial_translation(target, Kt).requires_grad_(True)
-    zero = torch.zeros(T, 3, dtype=dt)
+    zero = torch.zeros(T, 3, **on)
     opt = torch.optim.Adam([{"params": [shape, expr, rot, pitch]}, {"params": [trans], "lr": lr * trans_lr}], lr=lr,
                            fused=True)
     for _ in range(steps):
@@ -128,8 +138,7 @@ def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: 
         rms = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1).sqrt()
         rms[w == 0] = float("nan")
         jaw = _jaw(pitch)
-    return FrameFit(shape.detach().numpy(), expr.detach().numpy(), rot.detach().numpy(), jaw.numpy(),
-                    trans.detach().numpy(), rms.numpy())
+    return FrameFit(_numpy(shape), _numpy(expr), _numpy(rot), _numpy(jaw), _numpy(trans), _numpy(rms))
 
 
 def replace_frame_outliers(fit: FrameFit, scale: float = OUTLIER_SCALE) -> tuple[FrameFit, dict[str, np.ndarray]]:
@@ -166,18 +175,18 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
     `full_mesh` evaluates the landmarks through the whole skinned mesh (smplx LBS) instead of the
     landmark-only path (the shape folded into its template too): same result, for benchmarking.
     """
-    dt = layer.p_template.dtype
-    target, w = _targets(lmk2d, confidence, dt)
-    Kt = torch.as_tensor(K, dtype=dt)
+    on = _on(layer)
+    target, w = _targets(lmk2d, confidence, on)
+    Kt = torch.as_tensor(K, **on)
     T = len(target)
-    shape_t = torch.as_tensor(shape, dtype=dt)[None]
+    shape_t = torch.as_tensor(shape, **on)[None]
     layer.fold_shape(shape_t)
-    half = torch.as_tensor(init.global_orient, dtype=dt) / 2  # the minimum-norm split (module docstring)
+    half = torch.as_tensor(init.global_orient, **on) / 2  # the minimum-norm split (module docstring)
     glob = half.clone().requires_grad_(True)
     neck = half.clone().requires_grad_(True)
-    expr = torch.as_tensor(init.expression, dtype=dt).clone().requires_grad_(True)
-    pitch = torch.as_tensor(init.jaw[:, :1], dtype=dt).clone().requires_grad_(True)
-    trans = torch.as_tensor(init.translation, dtype=dt).clone().requires_grad_(True)
+    expr = torch.as_tensor(init.expression, **on).clone().requires_grad_(True)
+    pitch = torch.as_tensor(init.jaw[:, :1], **on).clone().requires_grad_(True)
+    trans = torch.as_tensor(init.translation, **on).clone().requires_grad_(True)
     # Adam's steps are ≈ lr in every parameter: translation moves in millimetres, not centimetres.
     opt = torch.optim.Adam([{"params": [glob, neck, expr, pitch]}, {"params": [trans], "lr": lr * trans_lr}], lr=lr,
                            fused=True)
@@ -205,23 +214,23 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
         rms[w == 0] = float("nan")
     layer.fold_shape(None)
     motion = np.zeros((T, layout.MOTION_DIM))
-    motion[:, layout.EXPRESSION] = expr.detach().numpy()
-    motion[:, layout.GLOBAL_ORIENT] = glob.detach().numpy()
-    motion[:, layout.NECK] = neck.detach().numpy()
-    motion[:, layout.JAW] = _jaw(pitch).detach().numpy()
-    return SequenceFit(motion, trans.detach().numpy(), rms.numpy())
+    motion[:, layout.EXPRESSION] = _numpy(expr)
+    motion[:, layout.GLOBAL_ORIENT] = _numpy(glob)
+    motion[:, layout.NECK] = _numpy(neck)
+    motion[:, layout.JAW] = _numpy(_jaw(pitch))
+    return SequenceFit(motion, _numpy(trans), _numpy(rms))
 
 
 def project_motion(layer: FlameLayer, shape: np.ndarray, motion: np.ndarray, translation: np.ndarray,
                    K: np.ndarray) -> np.ndarray:
     """(T, 68, 2) portrait pixels of the FLAME landmarks of a fitted sequence."""
-    dt = layer.p_template.dtype
-    m = torch.as_tensor(np.array(motion), dtype=dt)
+    on = _on(layer)
+    m = torch.as_tensor(np.array(motion), **on)
     with torch.no_grad():
-        lmk = layer.landmarks(torch.as_tensor(np.asarray(shape), dtype=dt)[None].expand(len(m), -1),
+        lmk = layer.landmarks(torch.as_tensor(np.asarray(shape), **on)[None].expand(len(m), -1),
                               m[:, layout.EXPRESSION], m[:, layout.GLOBAL_ORIENT], m[:, layout.NECK], m[:, layout.JAW])
-        return project(to_camera(lmk, torch.as_tensor(np.asarray(translation), dtype=dt)),
-                       torch.as_tensor(K, dtype=dt)).double().numpy()
+        return project(to_camera(lmk, torch.as_tensor(np.asarray(translation), **on)),
+                       torch.as_tensor(K, **on)).double().cpu().numpy()
 
 
 def undistort_portrait(lmk: np.ndarray, crop: tuple[int, int, int], size: int, K: np.ndarray,
@@ -285,7 +294,8 @@ def model_id(folder: Path) -> str:
 
 @functools.lru_cache(maxsize=2)
 def flame_layer(folder: str, model: str) -> FlameLayer:
-    return FlameLayer(load_flame(folder))
+    """The FLAME layer of the fits, on the settings' device (SINGINGHEAD_DEVICE)."""
+    return FlameLayer(load_flame(folder)).to(torch_device())
 
 
 def _load_npz(url: str) -> dict[str, np.ndarray]:

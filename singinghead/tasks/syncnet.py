@@ -34,6 +34,7 @@ from scipy import signal
 from torch import nn
 
 from singinghead.schemas.errors import AssetError
+from singinghead.schemas.settings import torch_device
 from singinghead.tasks.audio_sync import OffsetEstimate
 
 FPS = 25  # SyncNet's video rate
@@ -111,8 +112,7 @@ def load_syncnet(path: str | Path, device: str = "auto") -> SyncNet:
         raise AssetError(f"{where}: not the syncnet_v2 layout (missing {missing[:3]}, unexpected {unexpected[:3]}, "
                          f"wrong shapes {wrong[:3]})")
     model.load_state_dict(state)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device(None if device == "auto" else device)  # auto: SINGINGHEAD_DEVICE
     return model.eval().to(device)
 
 

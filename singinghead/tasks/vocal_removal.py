@@ -30,7 +30,7 @@ import soundfile as sf
 from singinghead.capture_rigs.audio_files import read_audio
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import AssetError, InputError
-from singinghead.schemas.settings import get_settings
+from singinghead.schemas.settings import get_settings, torch_device
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
 
@@ -123,8 +123,7 @@ def separate_demucs(song: np.ndarray, sr: int, model, device: str = "auto", segm
     import torch
     from demucs.apply import apply_model
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device(None if device == "auto" else device)  # auto: SINGINGHEAD_DEVICE
     if sr != model.samplerate:
         raise InputError("song", f"demucs model expects {model.samplerate} Hz, got {sr} Hz")
     mix = torch.from_numpy(np.ascontiguousarray(song.T[: model.audio_channels])).float()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from singinghead.flame.ict import write_model
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.schemas.settings import get_settings
+from singinghead.schemas.settings import get_settings, torch_device
 from singinghead.trainer.data import ReleaseWindows
 from singinghead.trainer.losses import LossWeights, total_loss
 from singinghead.trainer.models.audio import wav2vec2_folder
@@ -106,7 +106,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     run = Path(cfg.out)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device()  # SINGINGHEAD_DEVICE (auto: CUDA when available)
     seed_everything(cfg.seed)
     flame_dir, w2v_dir = resolve_assets(run)
     model = build_model(cfg, w2v_dir).to(device)
