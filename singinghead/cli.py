@@ -197,22 +197,12 @@ def _print_summary(summary: dict) -> None:
     ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]) | set(summary["audio_submitted"])
                  | set(summary["flame_submitted"]) | set(summary["scan_submitted"]))
     console.print(f"takes processed this run: {', '.join(ran) if ran else 'none (everything was up to date)'}")
-    console.print(f"ingest report: {summary['report']}")
-    console.print(f"crop report:   {summary['crop_report']}")
-    for take_id, urls in summary["segments"].items():
-        if urls:
-            console.print(f"segments of {take_id}: {str(Path(urls[0]).parent)}/")
-    for take_id, urls in summary["audio"].items():
-        if urls:
-            console.print(f"audio of {take_id}:    {str(Path(urls[0]).parent)}/")
-    for take_id, urls in summary["motion"].items():
-        if urls:
-            console.print(f"motion of {take_id}:   {str(Path(urls[0]).parent)}/")
-    if light["scan"]:
-        console.print(f"light-stage scan: {str(Path(light['scan'][0]).parent)}/")
-    if summary["subject_shape"]:
-        console.print(f"subject shape: {summary['subject_shape']}")
-    console.print(f"catalog: {summary['out']}/catalog")
+    session_dir = summary["report"].rsplit("/", 1)[0]
+    console.print(f"reports: {session_dir}/ (ingest, crop, audio, motion: .json and .md; subject_shape.json; "
+                  "processed.json)")
+    scan = "; the scan and its fit under light_stage/" if light["scan"] else ""
+    console.print(f"artifacts: {session_dir}/takes/<take>/<step>/<key>/ (portrait segments, audio, frame fits, "
+                  f"motion){scan}; catalog: {summary['out']}/catalog")
 
 
 @app.command()
