@@ -14,7 +14,6 @@ from prefect.types.entrypoint import EntrypointType
 
 from singinghead.flows.build_release import build_release
 from singinghead.flows.process_session import process_session
-from singinghead.flows.runtime import task_runner
 from singinghead.flows.train import train_unisinger
 
 #: "flow/deployment" names, as `prefect deployment run` and the UI show them.
@@ -30,7 +29,7 @@ def deployments() -> list[RunnerDeployment]:
     point loads the flow under a private module name no worker can import)."""
     tags, entry = ["singinghead"], EntrypointType.MODULE_PATH
     return [
-        process_session.with_options(task_runner=task_runner()).to_deployment(
+        process_session.to_deployment(  # its task runner (the settings' scheduler) is on the flow
             "process-session", tags=tags, entrypoint_type=entry,
             description="A capture session folder → processed takes (parameters: session_dir, out)."),
         build_release.to_deployment(

@@ -45,7 +45,7 @@ class VideoProbe(BaseModel):
     start_offset_ns: int | None = None
     color_mode: str | None = None
     has_calibration: bool = False
-    frame_period_s: float | None = None  # the device's frame period (median timestamp step)
+    frame_period_s: float | None = None  # the device's frame period (span over its frame slots)
     frame_drops: list[FrameDrop] = []
 
     @property

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from singinghead.capture_rigs.azure_kinect import KinectRecording, frame_drops
+from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.segments import SEGMENT_SCHEMA, CropSummary, Cut, DroppedSequence
@@ -198,8 +198,9 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
     analyser = analyser or face_analyser(p.device)
     with KinectRecording(video) as rec:
         timestamps = rec.timestamps()
-        width, height, fps = rec.width, rec.height, rec.probe(timestamps).fps
-        drops = {d.frame: d for d in frame_drops(timestamps)}
+        probe = rec.probe(timestamps)
+        width, height, fps = rec.width, rec.height, probe.fps
+        drops = {d.frame: d for d in probe.frame_drops}
         take_id = Path(video).parent.name
         summary = CropSummary(take_id=take_id, frames=len(timestamps), segments_kept=0, segments_dropped=0,
                               seconds_kept=0.0)
@@ -302,8 +303,8 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
     if summary.corrupt_frames:
         summary.warnings.append(f"{Path(video).name}: frames {summary.corrupt_frames} cannot be decoded")
     if drops:
-        summary.warnings.append(f"the device dropped {sum(d.missing for d in drops.values())} frames in "
-                                f"{len(drops)} gaps; segments end at each gap")
+        summary.warnings.append(f"the device dropped {probe.dropped_frames} frames in {len(drops)} gaps; "
+                                "segments end at each gap")
     return kept, summary, timestamps
 
 
