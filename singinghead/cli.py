@@ -34,7 +34,7 @@ class StepBoard:
     a column per step; fed by process_session's progress callbacks (thread-safe)."""
 
     MARKS = {"submitted": "[yellow]…[/]", "done": "[green]✓[/]", "up to date": "[blue]=[/]", "failed": "[red]✗[/]"}
-    HEADERS = {"flame frames": "frames", "photogrammetry": "scan", "flame sequence": "motion"}
+    HEADERS = {"flame frames": "frames", "flame sequence": "motion"}
 
     def __init__(self, steps: tuple[str, ...]):
         self.steps, self.rows, self._lock, self.live = steps, {}, threading.Lock(), None
@@ -181,17 +181,21 @@ def _print_summary(summary: dict) -> None:
         shape = files.read_json(summary["subject_shape"])
         fit = shape["scan_fit"]
         scan = Table(title="light stage: scan and FLAME scan fit (the subject's final shape)")
-        for col in ("views (missing)", "points (sparse / dense)", "area m²", "holes", "landmarks (px residual)",
+        for col in ("scan", "points (sparse / dense)", "area m²", "holes", "landmarks (px residual)",
                     "scan→FLAME mm (p50 / p95)", "files"):
             scan.add_column(col)
         lmk = report["landmarks"]
-        scan.add_row(f"{report['views']} ({', '.join(report['missing_views']) or '–'})",
-                     f"{report.get('sparse_points', '–')} / {report['points']}\n{report.get('dense', '')}",
-                     f"{report['surface_area_m2']:.3f}", str(report["holes"]),
-                     f"{lmk['landmarks_triangulated']} ({lmk['residual_px_median']:.1f})",
+        source = f"{report['file']} ({report['units']}, ready-made)" if report.get("source") == "ready-made scan" \
+            else f"{report['views']} views (missing: {', '.join(report['missing_views']) or '–'})"
+        found = "68 given" if lmk.get("source") == "given" \
+            else f"{lmk['landmarks_triangulated']} ({lmk['residual_px_median']:.1f})"
+        scan.add_row(source, f"{report.get('sparse_points', '–')} / {report['points']}\n{report.get('dense', '')}",
+                     f"{report['surface_area_m2']:.3f}", str(report["holes"]), found,
                      f"{fit['scan_to_mesh_mm']['p50']:.2f} / {fit['scan_to_mesh_mm']['p95']:.2f}",
                      "\n".join(Path(u).name for u in light["scan"] + light["fit"]))
         console.print(scan)
+        if lmk.get("warning"):
+            console.print(f"[yellow]scan landmarks[/]: {lmk['warning']}")
     elif light["status"] == "failed":
         console.print(f"[red]light stage not used[/]: {light['problem']} (the subject keeps the monocular shape)")
     ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]) | set(summary["audio_submitted"])

@@ -6,7 +6,8 @@ DaskTaskRunner (a local cluster by default, an existing scheduler with `dask_add
 Steps per take, each take a pipeline of its own that moves on as soon as its own step is done:
 ingest (probe and check the streams) → crop (portrait segments; GPU-tagged) → audio (vocal
 removal, sync offsets, dense landmarks, per-segment singing audio and BGM) → FLAME per-frame
-fits; per subject, beside the takes, the light-stage photogrammetry; then, joining the takes
+fits; per subject, beside the takes, the subject's scan (light-stage photogrammetry, or the
+lab's ready-made scan imported); then, joining the takes
 only because the method needs all of them, the subject's shape: the monocular mean of all
 takes' fits, refined by the FLAME fit to the scan when the session has a light stage (a failed
 light stage leaves the monocular mean, and says so); then per take the FLAME sequences (59-d
@@ -40,10 +41,10 @@ from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
 from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
-from singinghead.tasks import audio, crop, flame_fit, ingest, photogrammetry, scan_fit
+from singinghead.tasks import audio, crop, flame_fit, ingest, photogrammetry, scan_fit, scan_import
 
 #: The steps a session's flow may submit, in order (per take, then per subject and per take).
-STEPS = ("ingest", "crop", "audio", "flame frames", "photogrammetry", "scan fit", "flame sequence")
+STEPS = ("ingest", "crop", "audio", "flame frames", "scan", "scan fit", "flame sequence")
 #: The light stage's row beside the takes' (progress, pipelines).
 LIGHT_STAGE = "light stage"
 
@@ -304,10 +305,11 @@ def process_session(session_dir: str, out: str) -> dict:
     # shape, below.
     pipelines = {}
     if manifest.light_stage is not None:  # first: the longest task, so Dask starts it first
+        scan = scan_import if manifest.light_stage.scan else photogrammetry  # a ready-made scan, or photos
         pipelines[LIGHT_STAGE] = _step(
-            manifest.session_id, LIGHT_STAGE, "photogrammetry",
-            partial(photogrammetry.scan_done, str(root), manifest.light_stage, out),
-            partial(submit_gpu, photogrammetry.scan_task, str(root), manifest.session_id, manifest.light_stage, out),
+            manifest.session_id, LIGHT_STAGE, "scan",
+            partial(scan.scan_done, str(root), manifest.light_stage, out),
+            partial(submit_gpu, scan.scan_task, str(root), manifest.session_id, manifest.light_stage, out),
             submitted)
     pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, out, catalog, submitted)
                       for take in manifest.takes})
@@ -424,7 +426,7 @@ def process_session(session_dir: str, out: str) -> dict:
         },
         "motion_report": files.join(session_url, "motion_report.json"),
         "subject_shape": files.join(session_url, "subject_shape.json") if shape_info else None,
-        "scan_submitted": submitted["photogrammetry"] + submitted["scan fit"],
+        "scan_submitted": submitted["scan"] + submitted["scan fit"],
         "light_stage": {"status": light_stage["status"], "problem": light_stage.get("problem"),
                         "scan": [r.url for r in light_stage.get("refs", [])],
                         "fit": [r.url for r in light_stage.get("fit_refs", [])]},

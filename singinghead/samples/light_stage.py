@@ -20,8 +20,9 @@ import numpy as np
 import open3d as o3d
 from scipy import ndimage
 
+from singinghead.capture_rigs.scan_files import HeadScan
 from singinghead.flame.model import FlameModel
-from singinghead.samples.real_scan import TexturedScan, placed
+from singinghead.samples.real_scan import placed
 from singinghead.samples.video import SOURCE_LANDMARKS, source_image
 
 #: Dome rings (elevation in degrees, number of cameras): 51 views around the head.
@@ -98,18 +99,8 @@ def albedo(points: np.ndarray, normals: np.ndarray, projection: np.ndarray) -> n
     return np.clip(base * (1 - depth + depth * speckle), 0.0, 1.0)
 
 
-def texture_albedo(scan: TexturedScan, triangle: np.ndarray, bary_uv: np.ndarray) -> np.ndarray:
-    """RGB albedo in [0, 1] from a scan's own texture at ray hits (triangle ids, open3d's (u, v))."""
-    w = np.stack([1.0 - bary_uv[:, 0] - bary_uv[:, 1], bary_uv[:, 0], bary_uv[:, 1]], axis=1)
-    uv = np.einsum("nc,ncx->nx", w, scan.triangle_uvs[triangle])
-    h, wd = scan.texture.shape[:2]
-    x, y = uv[:, 0] * wd - 0.5, uv[:, 1] * h - 0.5  # open3d gives v downwards (image rows)
-    tex = scan.texture.astype(np.float32) / 255.0
-    return np.stack([ndimage.map_coordinates(tex[:, :, c], [y, x], order=1, mode="reflect") for c in range(3)], 1)
-
-
 def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict, projection: np.ndarray | None,
-                scan: TexturedScan | None = None) -> np.ndarray:
+                scan: HeadScan | None = None) -> np.ndarray:
     """One calibrated photo (uint8 RGB): rays through the distorted pixels, albedo × fixed lights."""
     K = np.array([[cam["fx"], 0, cam["cx"]], [0, cam["fy"], cam["cy"]], [0, 0, 1]])
     R, t = np.asarray(cam["R"]), np.asarray(cam["t"])
@@ -134,18 +125,37 @@ def render_view(scene: o3d.t.geometry.RaycastingScene, cam: dict, projection: np
     lights /= np.linalg.norm(lights, axis=1, keepdims=True)
     shade = 0.55 + 0.45 * np.clip(normals @ lights.T, 0, None).mean(axis=1, keepdims=True) * 1.6
     if scan is not None:  # a real scan: its own texture (which already holds its capture's shading)
-        colour = texture_albedo(scan, hit["primitive_ids"].numpy()[ok], hit["primitive_uvs"].numpy()[ok])
+        colour = scan.colour_at(hit["primitive_ids"].numpy()[ok], hit["primitive_uvs"].numpy()[ok])
         image[ok] = colour * np.clip(0.75 + 0.25 * shade, 0, 1.2)
     else:
         image[ok] = albedo(points, normals, projection) * np.clip(shade, 0, 1.2)
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8).reshape(cam["height"], cam["width"], 3)
 
 
+def export_head_scan(path: str | Path, model: FlameModel, shape: np.ndarray, units: str = "mm",
+                     subdivisions: int = 2) -> np.ndarray:
+    """The stand-in head of `shape` as a scanner would hand it over: a PLY in `units` whose vertex
+    colours carry the light stage's albedo (the mesh midpoint-subdivided so they resolve a face; the
+    surface is unchanged). Returns its 68 true landmarks in metres."""
+    from singinghead.capture_rigs.scan_files import UNITS
+
+    verts, faces = head_mesh(model, shape)
+    landmarks = np.einsum("lcx,lc->lx", verts[faces[model.lmk_faces_idx]], model.lmk_bary_coords)
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
+    mesh = mesh.subdivide_midpoint(subdivisions)
+    mesh.compute_vertex_normals()
+    colours = albedo(np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), photo_projection(landmarks))
+    mesh.vertex_colors = o3d.utility.Vector3dVector(colours)
+    mesh.vertices = o3d.utility.Vector3dVector(np.asarray(mesh.vertices) / UNITS[units])
+    o3d.io.write_triangle_mesh(str(path), mesh, write_ascii=False, write_vertex_normals=False)
+    return landmarks
+
+
 SCAN_LANDMARK_CENTRE = np.array([0.0, -0.01, 0.06])  # where a real scan's landmarks sit in the rig (m)
 
 
 def write_light_stage(out: str | Path, model: FlameModel, shape: np.ndarray, gt_dir: str | Path,
-                      scan: TexturedScan | None = None) -> dict:
+                      scan: HeadScan | None = None) -> dict:
     """Photos + calibration under `out` (photos/, calibration.json); the true mesh into gt_dir.
 
     With `scan` (a real textured scan) the views show that scan with its own texture, placed in

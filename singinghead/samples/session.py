@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from singinghead.capture_rigs.scan_files import HeadScan
 from singinghead.flame.ict import write_model
 from singinghead.flame.model import load_flame
 from singinghead.samples import audio, video
 from singinghead.samples import light_stage as light_stage_sample
-from singinghead.samples.real_scan import TexturedScan
 from singinghead.schemas.manifest import (
     CaptureLog,
     LightStage,
@@ -108,7 +108,7 @@ def _dropped_frames(n_frames: int, gaps: int, rng: np.random.Generator) -> np.nd
 
 def build_sample_session(
     out: str | Path, seed: int = 0, duration_s: float = 20.0, on_take: Callable[[str], None] | None = None,
-    light_stage: bool = True, scan: TexturedScan | None = None, n_takes: int = len(TAKES),
+    light_stage: bool = True, scan: HeadScan | None = None, n_takes: int = len(TAKES),
     color_mode: str = "2160P", frame_drops: int = 0,
 ) -> Path:
     """Write the sample session into `out` (created) and return its path (without the light

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from singinghead.schemas.errors import ManifestError
 
@@ -97,8 +97,30 @@ class Take(_Strict):
 
 
 class LightStage(_Strict):
-    photos: str
-    calibration: str
+    """Either the light stage's photos with their calibration (photogrammetry makes the scan), or a
+    ready-made scan (OBJ/PLY) in stated units with, optionally, its 68 landmarks (LJSON, or 68
+    lines of x y z in dlib's order and the scan's units); without them they are found on views
+    rendered from the scan."""
+
+    photos: str | None = None
+    calibration: str | None = None
+    scan: str | None = None
+    units: Literal["m", "cm", "mm"] | None = None
+    landmarks: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LightStage:
+        if self.scan is None:
+            if self.photos is None or self.calibration is None:
+                raise ValueError("give photos and calibration, or a ready-made scan with its units")
+            if self.units is not None or self.landmarks is not None:
+                raise ValueError("units and landmarks belong to a ready-made scan (light_stage.scan)")
+        else:
+            if self.photos is not None or self.calibration is not None:
+                raise ValueError("give photos and calibration, or a scan, not both")
+            if self.units is None:
+                raise ValueError("a ready-made scan needs its units (m, cm or mm)")
+        return self
 
 
 class SessionManifest(_Strict):
@@ -188,7 +210,11 @@ def load_manifest(session_dir: str | Path) -> SessionManifest:
         for field, rel, is_dir in (
             ("photos", manifest.light_stage.photos, True),
             ("calibration", manifest.light_stage.calibration, False),
+            ("scan", manifest.light_stage.scan, False),
+            ("landmarks", manifest.light_stage.landmarks, False),
         ):
+            if rel is None:
+                continue
             problem = _check_path(root, rel, f"light_stage.{field}", want_dir=is_dir)
             if problem:
                 problems.append(problem)

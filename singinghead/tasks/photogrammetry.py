@@ -418,6 +418,14 @@ def scan_for_subject(session_dir: str, session_id: str, light_stage: LightStage,
     raw, residual, lmk_report = triangulate_landmarks(rig, view_landmarks)
     landmarks = snap_to_surface(raw, scan.vertices, scan.triangles)
     scan.report["landmarks"] = lmk_report
+    refs = publish_scan(scan, landmarks, raw, residual, out_dir)
+    catalog.record(STEP, VERSION, params, inputs, refs, meta={"session_id": session_id})
+    return refs
+
+
+def publish_scan(scan: Scan, landmarks: np.ndarray, raw: np.ndarray, residual: np.ndarray, out_dir: str
+                 ) -> list[ArtifactRef]:
+    """The scan's mesh, points, report and landmarks under `out_dir`: what the scan fit reads."""
     refs = []
     with tempfile.TemporaryDirectory(prefix="singinghead-scan-") as tmp:
         paths = write_scan(scan, Path(tmp))
@@ -428,7 +436,6 @@ def scan_for_subject(session_dir: str, session_id: str, light_stage: LightStage,
             with files.atomic_output(url) as dst:
                 shutil.copyfile(path, dst)
             refs.append(files.artifact_ref(url, kind=f"scan_{kind}"))
-    catalog.record(STEP, VERSION, params, inputs, refs, meta={"session_id": session_id})
     return refs
 
 
