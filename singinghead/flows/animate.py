@@ -138,11 +138,13 @@ def animate(image_path: str | Path, audio_path: str | Path, bgm_path: str | Path
         if renderer_checkpoint:
             gen, state = load_renderer(renderer_checkpoint)
             ref = torch.from_numpy(cv2.resize(portrait, (size, size), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
-            ref = (ref.float() / 127.5 - 1)[None]
+            on = next(gen.parameters()).device
+            ref = (ref.float() / 127.5 - 1)[None].to(on)
             video = []
             for i in range(frames):
-                cond = torch.cat([depth_in[i:i + 1], ref, temporal_embedding(torch.tensor([i]), size)], 1)
-                video.append(((gen(cond)[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy())
+                cond = torch.cat([depth_in[i:i + 1].to(on), ref, temporal_embedding(torch.tensor([i], device=on),
+                                                                                   size)], 1)
+                video.append(((gen(cond)[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().cpu().numpy())
         else:
             video = [np.repeat(((d[0] + 1) * 127.5).clamp(0, 255).byte().numpy()[..., None], 3, axis=2)
                      for d in depth_in]

@@ -60,12 +60,12 @@ MIN_JUMP = {"shape": 0.5, "expression": 0.5, "pose": 0.03, "jaw": 0.03, "transla
 SHAPE_OUTLIER_SCALE = 1.5  # per-frame shapes of a subject: a population, the inner fence from its mean
 
 
-def _on(layer: FlameLayer) -> dict:
+def tensor_options(layer: FlameLayer) -> dict:
     """dtype and device of the layer: every tensor of a fit lives where the layer does."""
     return {"dtype": layer.p_template.dtype, "device": layer.p_template.device}
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A fit's result back on the CPU: the only place tensors leave the device."""
     return t.detach().cpu().numpy()
 
@@ -112,7 +112,7 @@ def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: 
                steps: int = 1000, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-4,
                expr_reg: float = 1e-4) -> FrameFit:
     """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact)."""
-    on = _on(layer)
+    on = tensor_options(layer)
     target, w = _targets(lmk2d, confidence, on)
     Kt = torch.as_tensor(K, **on)
     T = len(target)
@@ -138,7 +138,7 @@ def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: 
         rms = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1).sqrt()
         rms[w == 0] = float("nan")
         jaw = _jaw(pitch)
-    return FrameFit(_numpy(shape), _numpy(expr), _numpy(rot), _numpy(jaw), _numpy(trans), _numpy(rms))
+    return FrameFit(to_numpy(shape), to_numpy(expr), to_numpy(rot), to_numpy(jaw), to_numpy(trans), to_numpy(rms))
 
 
 def replace_frame_outliers(fit: FrameFit, scale: float = OUTLIER_SCALE) -> tuple[FrameFit, dict[str, np.ndarray]]:
@@ -175,7 +175,7 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
     `full_mesh` evaluates the landmarks through the whole skinned mesh (smplx LBS) instead of the
     landmark-only path (the shape folded into its template too): same result, for benchmarking.
     """
-    on = _on(layer)
+    on = tensor_options(layer)
     target, w = _targets(lmk2d, confidence, on)
     Kt = torch.as_tensor(K, **on)
     T = len(target)
@@ -214,17 +214,17 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
         rms[w == 0] = float("nan")
     layer.fold_shape(None)
     motion = np.zeros((T, layout.MOTION_DIM))
-    motion[:, layout.EXPRESSION] = _numpy(expr)
-    motion[:, layout.GLOBAL_ORIENT] = _numpy(glob)
-    motion[:, layout.NECK] = _numpy(neck)
-    motion[:, layout.JAW] = _numpy(_jaw(pitch))
-    return SequenceFit(motion, _numpy(trans), _numpy(rms))
+    motion[:, layout.EXPRESSION] = to_numpy(expr)
+    motion[:, layout.GLOBAL_ORIENT] = to_numpy(glob)
+    motion[:, layout.NECK] = to_numpy(neck)
+    motion[:, layout.JAW] = to_numpy(_jaw(pitch))
+    return SequenceFit(motion, to_numpy(trans), to_numpy(rms))
 
 
 def project_motion(layer: FlameLayer, shape: np.ndarray, motion: np.ndarray, translation: np.ndarray,
                    K: np.ndarray) -> np.ndarray:
     """(T, 68, 2) portrait pixels of the FLAME landmarks of a fitted sequence."""
-    on = _on(layer)
+    on = tensor_options(layer)
     m = torch.as_tensor(np.array(motion), **on)
     with torch.no_grad():
         lmk = layer.landmarks(torch.as_tensor(np.asarray(shape), **on)[None].expand(len(m), -1),

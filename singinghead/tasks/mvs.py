@@ -1,7 +1,7 @@
-"""Dense multi-view stereo on the CPU: plane-sweep NCC depth maps, geometric filtering, fusion.
+"""Dense multi-view stereo in torch: plane-sweep NCC depth maps, geometric filtering, fusion.
 
 COLMAP's patch-match stereo needs CUDA and Debian ships no OpenMVS, so the dense stage of the
-light-stage photogrammetry is ours, in torch (device-agnostic: it runs where the tensors are):
+light-stage photogrammetry is ours, in torch, on the settings' device (SINGINGHEAD_DEVICE; the CPU here):
 
 1. Views are undistorted (OpenCV, same K) and downsampled by `scale` (area filter) for
    matching; depth is computed per reference view from its `neighbours` closest views (by the
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from singinghead.capture_rigs.light_stage import RigCamera
+from singinghead.schemas.settings import torch_device
 
 
 @dataclass
@@ -65,7 +66,7 @@ class View:
     stats: dict = field(default_factory=dict)
 
 
-def load_view(cam: RigCamera, scale: float) -> tuple[torch.Tensor, np.ndarray]:
+def load_view(cam: RigCamera, scale: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, np.ndarray]:
     """Undistorted grey image at `scale` and its intrinsics (pixel centres at integers)."""
     image = cv2.imread(str(cam.image), cv2.IMREAD_GRAYSCALE)
     if image is None:
@@ -78,7 +79,7 @@ def load_view(cam: RigCamera, scale: float) -> tuple[torch.Tensor, np.ndarray]:
     K = S @ cam.K
     K[0, 2] += 0.5 * w / cam.width - 0.5  # pixel centres stay at integers after resampling
     K[1, 2] += 0.5 * h / cam.height - 0.5
-    return torch.from_numpy(small.astype(np.float32)), K
+    return torch.from_numpy(small.astype(np.float32)).to(device), K
 
 
 def choose_neighbours(cams: list[RigCamera], params: StereoParams) -> list[list[int]]:
@@ -123,18 +124,19 @@ def _box(x: torch.Tensor, window: int, count: torch.Tensor | None = None) -> tor
     return _window_sums(x, window) / count
 
 
-def _rays(K: np.ndarray, h: int, w: int) -> torch.Tensor:
+def _rays(K: np.ndarray, h: int, w: int, device: torch.device) -> torch.Tensor:
     """(3, H·W) back-projected pixel directions at unit depth."""
-    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, dtype=torch.float64)])
-    return torch.linalg.inv(torch.as_tensor(K)) @ pix
+    on = {"dtype": torch.float64, "device": device}
+    v, u = torch.meshgrid(torch.arange(h, **on), torch.arange(w, **on), indexing="ij")
+    pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, **on)])
+    return torch.linalg.inv(torch.as_tensor(K, device=device)) @ pix
 
 
 def _relative(ref: View, src: View) -> tuple[torch.Tensor, torch.Tensor]:
     """src camera ← ref camera: x_src = R x_ref + t."""
     R = src.cam.R @ ref.cam.R.T
     t = src.cam.t - R @ ref.cam.t
-    return torch.as_tensor(R), torch.as_tensor(t)
+    return torch.as_tensor(R, device=ref.grey.device), torch.as_tensor(t, device=ref.grey.device)
 
 
 def _sample(image: torch.Tensor, uv: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -153,20 +155,21 @@ def sweep(ref: View, srcs: list[View], params: StereoParams, chunk: int = 16) ->
     """Depth and score maps of `ref` (module docstring, step 2), stored on the view. Planes are
     processed `chunk` at a time (memory: a few (chunk, H, W) tensors per neighbour)."""
     h, w = ref.grey.shape
-    rays = _rays(ref.K, h, w)
+    device = ref.grey.device
+    rays = _rays(ref.K, h, w, device)
     near, far = ref.depth_range
-    inv = torch.linspace(1 / near, 1 / far, params.planes, dtype=torch.float64)
+    inv = torch.linspace(1 / near, 1 / far, params.planes, dtype=torch.float64, device=device)
     win = params.window
     r = ref.grey[None, None] - 127.5
     count = _window_sums(torch.ones_like(r), win)
     r_mean = _box(r, win, count)
     r_var = (_box(r * r, win, count) - r_mean**2).clamp_min(0)
-    scores = torch.full((params.planes, h, w), -1.0)
+    scores = torch.full((params.planes, h, w), -1.0, device=device)
     keep = max(1, (len(srcs) + 1) // 2)
     proj = []
     for src in srcs:
         R, t = _relative(ref, src)
-        Ks = torch.as_tensor(src.K)
+        Ks = torch.as_tensor(src.K, device=device)
         proj.append(((Ks @ R @ rays).float(), (Ks @ t)[:, None].float()))
     for start in range(0, params.planes, chunk):
         depth = (1.0 / inv[start:start + chunk])[:, None, None].float()  # (P, 1, 1)
@@ -182,7 +185,7 @@ def sweep(ref: View, srcs: list[View], params: StereoParams, chunk: int = 16) ->
             cov = _box(r * s, win, count) - r_mean * s_mean
             # a floor of one grey level² on the variances: a flat patch correlates with nothing
             ncc = (cov / torch.sqrt(r_var.clamp_min(1.0) * s_var.clamp_min(1.0))).clamp(-1, 1)[:, 0]
-            nccs.append(torch.where(valid, ncc, torch.tensor(-1.0)))
+            nccs.append(torch.where(valid, ncc, -1.0))
         scores[start:start + chunk] = torch.stack(nccs).topk(keep, dim=0).values.mean(0)
     best = scores.argmax(0)
     top = scores.gather(0, best[None])[0]
@@ -206,9 +209,9 @@ def _points(view: View) -> tuple[torch.Tensor, torch.Tensor]:
     """(3, N) world points of the view's valid depths and their flat pixel indices."""
     h, w = view.depth.shape
     idx = torch.nonzero(view.depth.reshape(-1) > 0)[:, 0]
-    rays = _rays(view.K, h, w)[:, idx]
+    rays = _rays(view.K, h, w, view.depth.device)[:, idx]
     x_cam = rays * view.depth.reshape(-1)[idx].double()
-    R, t = torch.as_tensor(view.cam.R), torch.as_tensor(view.cam.t)
+    R, t = (torch.as_tensor(a, device=view.depth.device) for a in (view.cam.R, view.cam.t))
     return R.T @ (x_cam - t[:, None]), idx
 
 
@@ -218,30 +221,35 @@ def consistent_points(ref: View, srcs: list[View], params: StereoParams) -> np.n
     if X.shape[1] == 0:
         return np.zeros((0, 3))
     h, w = ref.depth.shape
+    device = ref.depth.device
+
+    def on(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, device=device)
+
     d_ref = ref.depth.reshape(-1)[idx].double()
     u_ref = torch.stack([idx % w, idx // w]).double()
-    votes = torch.zeros(X.shape[1], dtype=torch.int64)
+    votes = torch.zeros(X.shape[1], dtype=torch.int64, device=device)
     for src in srcs:
-        R, t = torch.as_tensor(src.cam.R), torch.as_tensor(src.cam.t)
+        R, t = on(src.cam.R), on(src.cam.t)
         xs = R @ X + t[:, None]
-        p = torch.as_tensor(src.K) @ xs
+        p = on(src.K) @ xs
         uv = (p[:2] / p[2:].clamp_min(1e-9)).round().long()
         hs, ws = src.depth.shape
         inside = (uv[0] >= 0) & (uv[0] < ws) & (uv[1] >= 0) & (uv[1] < hs) & (xs[2] > 0)
-        d_src = torch.zeros(X.shape[1], dtype=torch.float64)
+        d_src = torch.zeros(X.shape[1], dtype=torch.float64, device=device)
         d_src[inside] = src.depth[uv[1, inside], uv[0, inside]].double()
         has = d_src > 0
         # back from the neighbour's own depth into the reference
-        rays_src = torch.linalg.inv(torch.as_tensor(src.K)) @ torch.cat(
-            [uv.double(), torch.ones(1, X.shape[1], dtype=torch.float64)])
+        rays_src = torch.linalg.inv(on(src.K)) @ torch.cat(
+            [uv.double(), torch.ones(1, X.shape[1], dtype=torch.float64, device=device)])
         Xb = R.T @ (rays_src * d_src - t[:, None])
-        xb = torch.as_tensor(ref.cam.R) @ Xb + torch.as_tensor(ref.cam.t)[:, None]
-        pb = torch.as_tensor(ref.K) @ xb
+        xb = on(ref.cam.R) @ Xb + on(ref.cam.t)[:, None]
+        pb = on(ref.K) @ xb
         ub = pb[:2] / pb[2:].clamp_min(1e-9)
         reproj = torch.linalg.norm(ub - u_ref, dim=0)
         rel = (xb[2] - d_ref).abs() / d_ref
         votes += (has & (reproj <= params.max_reproj_px) & (rel <= params.max_depth_rel)).long()
-    return X[:, votes >= min(params.min_consistent, len(srcs))].T.numpy()
+    return X[:, votes >= min(params.min_consistent, len(srcs))].T.cpu().numpy()  # leaves the device here
 
 
 def dense_points(cams: list[RigCamera], sparse: np.ndarray, params: StereoParams | None = None,
@@ -252,9 +260,10 @@ def dense_points(cams: list[RigCamera], sparse: np.ndarray, params: StereoParams
         centre = np.mean([c.centre for c in cams], axis=0)
         dist = float(np.median([np.linalg.norm(c.centre - centre) for c in cams]))
         fallback_range = (0.5 * dist, 1.5 * dist)
+    device = torch_device()
     views = []
     for cam in cams:
-        grey, K = load_view(cam, params.scale)
+        grey, K = load_view(cam, params.scale, device)
         views.append(View(cam, grey, K, depth_range(cam, sparse, fallback_range)))
     nbrs = choose_neighbours(cams, params)
     with torch.no_grad():
@@ -271,7 +280,7 @@ def dense_points(cams: list[RigCamera], sparse: np.ndarray, params: StereoParams
             chunks.append(pts)
             origins.append(np.broadcast_to(view.cam.centre, pts.shape))
     points, origin = np.concatenate(chunks), np.concatenate(origins)
-    report = {"method": "plane-sweep NCC (CPU, torch)", "params": params.as_dict(),
+    report = {"method": f"plane-sweep NCC ({device.type.upper()}, torch)", "params": params.as_dict(),
               "resolution": [int(views[0].grey.shape[1]), int(views[0].grey.shape[0])],
               "views_without_neighbours": [cams[i].id for i in range(len(cams)) if not nbrs[i]],
               "per_view": {v.cam.id: v.stats for v in views}, "raw_points": int(len(points))}

@@ -31,9 +31,10 @@ from prefect import task
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
 from singinghead.schemas.artifacts import ArtifactRef
+from singinghead.schemas.settings import torch_device
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
-from singinghead.tasks.flame_fit import flame_folder, model_id
+from singinghead.tasks.flame_fit import flame_folder, model_id, tensor_options, to_numpy
 from singinghead.tasks.photogrammetry import load_scan
 
 STATIC = slice(17, 68)
@@ -112,13 +113,13 @@ def fit_scan(layer: FlameLayer, scan_points: np.ndarray, scan_landmarks: np.ndar
              landmark_weight: float = 0.05, shape_reg: float = 1e-4, expr_reg: float = 1e-2, jaw_reg: float = 1.0,
              lr: float = 0.03) -> ScanFit:
     """FLAME fitted to a metric scan (points (N, 3)) and its 3D landmarks (68, 3; NaN allowed)."""
-    dt = layer.v_template.dtype
-    faces = layer.faces.numpy()
+    on = tensor_options(layer)  # every tensor lives where the layer does; results come back with to_numpy
+    faces = to_numpy(layer.faces)
     shape0 = np.zeros(layer.n_shape) if init_shape is None else np.asarray(init_shape, dtype=np.float64)
-    zeros3 = torch.zeros(1, 3, dtype=dt)
+    zeros3 = torch.zeros(1, 3, **on)
     with torch.no_grad():
-        no_expression = torch.zeros(1, layer.n_expression, dtype=dt)
-        lmk0 = layer(torch.as_tensor(shape0[None], dtype=dt), no_expression, zeros3, zeros3, zeros3)[1][0].numpy()
+        no_expression = torch.zeros(1, layer.n_expression, **on)
+        lmk0 = to_numpy(layer(torch.as_tensor(shape0[None], **on), no_expression, zeros3, zeros3, zeros3)[1][0])
     s, R0, t0 = align_landmarks(lmk0[STATIC], scan_landmarks[STATIC])
     measured_scale = s
     if metric:  # keep R, re-centre for scale 1
@@ -128,16 +129,17 @@ def fit_scan(layer: FlameLayer, scan_points: np.ndarray, scan_landmarks: np.ndar
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(scan_points)).voxel_down_sample(voxel_m)
     queries = np.asarray(cloud.points)
     closest = _ClosestPoints(queries, faces)
-    q = torch.as_tensor(queries, dtype=dt)
-    lmk_ok = torch.as_tensor(np.isfinite(scan_landmarks[STATIC]).all(1))
-    lmk_target = torch.as_tensor(np.nan_to_num(scan_landmarks[STATIC]), dtype=dt)
+    q = torch.as_tensor(queries, **on)
+    lmk_ok = torch.as_tensor(np.isfinite(scan_landmarks[STATIC]).all(1), device=on["device"])
+    lmk_target = torch.as_tensor(np.nan_to_num(scan_landmarks[STATIC]), **on)
+    faces_t = torch.as_tensor(faces, device=on["device"])
 
-    shape = torch.tensor(shape0[None], dtype=dt, requires_grad=True)
-    expr = torch.zeros(1, layer.n_expression, dtype=dt, requires_grad=True)
-    jaw = torch.zeros(1, 3, dtype=dt, requires_grad=True)
-    rot = torch.zeros(3, dtype=dt, requires_grad=True)
-    trans = torch.tensor(t0, dtype=dt, requires_grad=True)
-    R0t = torch.as_tensor(R0, dtype=dt)
+    shape = torch.tensor(shape0[None], **on, requires_grad=True)
+    expr = torch.zeros(1, layer.n_expression, **on, requires_grad=True)
+    jaw = torch.zeros(1, 3, **on, requires_grad=True)
+    rot = torch.zeros(3, **on, requires_grad=True)
+    trans = torch.tensor(t0, **on, requires_grad=True)
+    R0t = torch.as_tensor(R0, **on)
     opt = torch.optim.Adam([{"params": [shape, expr, jaw, rot]}, {"params": [trans], "lr": lr * 0.03}], lr=lr)
 
     def posed():
@@ -148,8 +150,9 @@ def fit_scan(layer: FlameLayer, scan_points: np.ndarray, scan_landmarks: np.ndar
     for _ in range(steps):
         opt.zero_grad()
         verts, lmk = posed()
-        tri, bary = closest(verts.detach().numpy())
-        on_mesh = torch.einsum("nc,ncx->nx", torch.as_tensor(bary, dtype=dt), verts[torch.as_tensor(faces[tri])])
+        tri, bary = closest(to_numpy(verts))  # open3d's BVH on the CPU; the gradient stays on the device
+        on_mesh = torch.einsum("nc,ncx->nx", torch.as_tensor(bary, **on),
+                               verts[faces_t[torch.as_tensor(tri, device=on["device"])]])
         d2 = (q - on_mesh).pow(2).sum(-1)
         surface = (d2 / (d2 + sigma_m**2)).mean()
         lmk_d2 = (lmk[STATIC] - lmk_target).pow(2).sum(-1)[lmk_ok] / sigma_m**2
@@ -161,19 +164,18 @@ def fit_scan(layer: FlameLayer, scan_points: np.ndarray, scan_landmarks: np.ndar
 
     with torch.no_grad():
         verts, lmk = posed()
-    verts, lmk = verts.numpy(), lmk.numpy()
+    verts, lmk = to_numpy(verts), to_numpy(lmk)
     d = scan_distance(scan_points, verts, faces) * 1000.0
     lmk_err = np.linalg.norm(lmk[STATIC] - scan_landmarks[STATIC], axis=1) * 1000.0
-    R = roma.rotvec_to_rotmat(rot.detach()).numpy() @ R0
+    R = to_numpy(roma.rotvec_to_rotmat(rot)) @ R0
     report = {
         "scan_points_used": int(len(queries)), "scale": s, "landmark_scale_measured": measured_scale,
         "scan_to_mesh_mm": {f"p{p}": float(np.percentile(d, p)) for p in (50, 75, 90, 95, 99)},
         "landmark_residual_mm": {"median": float(np.nanmedian(lmk_err)), "max": float(np.nanmax(lmk_err))},
-        "shape_norm": float(np.linalg.norm(shape.detach().numpy())),
-        "expression_norm": float(np.linalg.norm(expr.detach().numpy())),
+        "shape_norm": float(np.linalg.norm(to_numpy(shape))),
+        "expression_norm": float(np.linalg.norm(to_numpy(expr))),
     }
-    return ScanFit(shape.detach().numpy()[0], expr.detach().numpy()[0], jaw.detach().numpy()[0], s, R,
-                   trans.detach().numpy(), verts, report)
+    return ScanFit(to_numpy(shape)[0], to_numpy(expr)[0], to_numpy(jaw)[0], s, R, to_numpy(trans), verts, report)
 
 
 # --- the processing step -------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def fit_for_subject(session_id: str, scan_refs: list[ArtifactRef], init_shape: l
         return done.outputs
     key = cache_key(STEP, VERSION, params, inputs)
     out_dir = files.join(out, "sessions", session_id, "light_stage", STEP, key[:16])
-    layer = FlameLayer(load_flame(flame_folder(out)), dtype=torch.float64)  # mm-level residuals: double
+    layer = FlameLayer(load_flame(flame_folder(out)), dtype=torch.float64).to(torch_device())  # mm: double
     points, landmarks, scan_report = load_scan(scan_refs)
     fit = fit_scan(layer, points, landmarks, init)
     record = {"shape": fit.shape.tolist(), "expression": fit.expression.tolist(), "jaw": fit.jaw.tolist(),
@@ -213,7 +215,7 @@ def fit_for_subject(session_id: str, scan_refs: list[ArtifactRef], init_shape: l
     refs = [files.write_json_atomic(files.join(out_dir, "scan_fit.json"), record)]
     refs[0] = refs[0].model_copy(update={"meta": {"kind": "scan_fit"}})
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(fit.vertices),
-                                     o3d.utility.Vector3iVector(layer.faces.numpy()))
+                                     o3d.utility.Vector3iVector(to_numpy(layer.faces)))
     url = files.join(out_dir, "fitted_flame.ply")
     with files.atomic_output(url) as tmp:
         o3d.io.write_triangle_mesh(tmp, mesh)

@@ -17,6 +17,7 @@ from singinghead.features.face import eye_closure
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
 from singinghead.schemas import motion as layout
+from singinghead.schemas.settings import torch_device
 from singinghead.storage import release as store
 from singinghead.trainer.data import ReleaseWindows
 from singinghead.trainer.losses import posed_vertices
@@ -37,6 +38,8 @@ def evaluate(checkpoint: str | Path, data: str, split: str = "test", samples: tu
     """Rows per n. `ground_truth_as_prediction` scores the ground truth itself through the same path
     (the tables' "GT" row; its error metrics are 0 by definition — a check of the path)."""
     model, cfg, run = load_for_inference(checkpoint)
+    on = torch_device()  # the model runs there; its motion comes back to the CPU, where the metrics are
+    model = model.to(on)
     flame_dir, _ = resolve_assets(run)
     fm = load_flame(flame_dir)
     layer = FlameLayer(fm)
@@ -57,8 +60,8 @@ def evaluate(checkpoint: str | Path, data: str, split: str = "test", samples: tu
         first = first or w
         n_gen = 1 if deterministic else n_max
         shape = w["shape"][None].expand(n_gen, -1)
-        pred = model.generate(shape, w["singing"][None].expand(n_gen, -1), w["bgm_mfcc"][None].expand(n_gen, -1, -1),
-                              generator=g)
+        pred = model.generate(shape.to(on), w["singing"][None].expand(n_gen, -1).to(on),
+                              w["bgm_mfcc"][None].expand(n_gen, -1, -1).to(on), generator=g).cpu()
         if ground_truth_as_prediction:
             pred = w["motion"][None].expand(n_gen, -1, -1)
         if deterministic:

@@ -60,19 +60,21 @@ def _mean(values: list[float]) -> float:
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).byte().numpy()
+    return ((x.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).byte().cpu().numpy()
 
 
 def _render(gen, reference: torch.Tensor, layer: FlameLayer, a: dict, motion: torch.Tensor, size: int,
             picks: torch.Tensor) -> np.ndarray:
     """Frames `picks` of the portrait the renderer draws from the depth of `motion` (T, 59) with
     the window's shape, translation and camera."""
+    on = next(gen.parameters()).device  # the layer is there too
     with torch.no_grad():
-        depth = depth_to_input(render_depth_sequence(layer, torch.as_tensor(a["shape"][0]), motion,
-                                                     torch.as_tensor(a["translation"][0]),
-                                                     torch.as_tensor(a["camera"][0]), size))[:, None]
-        fake = torch.cat([gen(torch.cat([depth[i:i + 1], reference[None],
-                                         temporal_embedding(torch.tensor([int(i)]), size)], 1)) for i in picks])
+        depth = depth_to_input(render_depth_sequence(layer, torch.as_tensor(a["shape"][0], device=on),
+                                                     motion.to(on), torch.as_tensor(a["translation"][0], device=on),
+                                                     torch.as_tensor(a["camera"][0], device=on), size))[:, None]
+        fake = torch.cat([gen(torch.cat([depth[i:i + 1], reference[None].to(on),
+                                         temporal_embedding(torch.tensor([int(i)], device=on), size)], 1))
+                          for i in picks])
     return _to_uint8(fake)
 
 
@@ -102,7 +104,7 @@ def evaluate_2d(renderer_checkpoint: str, data: str, split: str = "test", max_wi
     size, subject = state["size"], state["subject"]
     seen = set(state.get("trained_on") or [])
     flame_dir, _ = resolve_assets(Path(renderer_checkpoint).parent)
-    layer = FlameLayer(load_flame(flame_dir))
+    layer = FlameLayer(load_flame(flame_dir)).to(next(gen.parameters()).device)
     rows = [r for r in store.read_manifest(data).to_pylist()
             if r["subject_id"] == subject and r["split"] == split and r["window_id"] not in seen]
     if not rows:

@@ -24,7 +24,7 @@ def rasterize_depth(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, h
     tz = z[faces]  # (F, 3)
     keep = (tz > 1e-6).all(1)
     lo = tri.amin(1).floor().clamp(min=0)
-    hi = torch.minimum(tri.amax(1).ceil(), torch.tensor([width - 1, height - 1], dtype=tri.dtype))
+    hi = torch.minimum(tri.amax(1).ceil(), torch.tensor([width - 1, height - 1], dtype=tri.dtype, device=tri.device))
     keep &= (hi[:, 0] >= 0) & (hi[:, 1] >= 0) & (lo[:, 0] < width) & (lo[:, 1] < height)
     tri, tz, lo, hi = tri[keep], tz[keep], lo[keep], hi[keep]
     depth = torch.full((height * width,), float("inf"), dtype=verts.dtype, device=verts.device)
@@ -70,5 +70,5 @@ def render_depth_sequence(layer, shape: torch.Tensor, motion: torch.Tensor, tran
     s = size / 1024.0
     fx, fy, cx, cy = camera.tolist()
     K = torch.tensor([[fx * s, 0, (cx + 0.5) * s - 0.5], [0, fy * s, (cy + 0.5) * s - 0.5], [0, 0, 1]],
-                     dtype=cam.dtype)
+                     dtype=cam.dtype, device=cam.device)
     return torch.stack([rasterize_depth(v, layer.faces, K, size, size) for v in cam])

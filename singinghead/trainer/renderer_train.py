@@ -15,7 +15,7 @@ import torch
 
 from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
-from singinghead.schemas.settings import get_settings
+from singinghead.schemas.settings import get_settings, torch_device
 from singinghead.storage import files
 from singinghead.storage import release as store
 from singinghead.trainer.models.renderer import (
@@ -64,10 +64,11 @@ def identity_windows(release: str, subject: str, layer: FlameLayer, size: int, m
         a = store.arrays(table.slice(r["shard_row"], 1), ["motion", "translation", "camera", "shape"])
         if not np.isfinite(a["camera"]).all():
             continue  # imported windows carry no camera: nothing to render depth with
+        on = layer.v_template.device  # rendered where the layer is, kept on the host between steps
         with torch.no_grad():
-            depth = render_depth_sequence(layer, torch.as_tensor(a["shape"][0]), torch.as_tensor(a["motion"][0]),
-                                          torch.as_tensor(a["translation"][0]), torch.as_tensor(a["camera"][0]), size)
-        out.append({"window_id": r["window_id"], "depth": depth_to_input(depth)[:, None],
+            depth = render_depth_sequence(layer, *(torch.as_tensor(a[k][0], device=on)
+                                                   for k in ("shape", "motion", "translation", "camera")), size)
+        out.append({"window_id": r["window_id"], "depth": depth_to_input(depth)[:, None].cpu(),
                     "frames": decode_frames(files.join(release, r["video_path"]), size)})
     if not out:
         raise ValueError(f"{release}: no window of {subject!r} has a camera to render depth with")
@@ -81,15 +82,17 @@ def train_renderer(release: str, subject: str, out: str | Path, steps: int = 100
     out.mkdir(parents=True, exist_ok=True)
     random.seed(seed)
     torch.manual_seed(seed)
+    device = torch_device()
     flame_dir, _ = resolve_assets(out)
-    layer = FlameLayer(load_flame(flame_dir))
+    layer = FlameLayer(load_flame(flame_dir)).to(device)
     windows = identity_windows(release, subject, layer, size, max_windows, split)
     reference = windows[0]["frames"][0]
-    gen = UNetGenerator(**({"channels": channels} if channels else {}))
-    disc = PatchDiscriminator()
+    gen = UNetGenerator(**({"channels": channels} if channels else {})).to(device)
+    disc = PatchDiscriminator().to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr, betas=(0.5, 0.999))
     vgg = perceptual_loss(get_settings().vgg19_weights)
+    vgg = vgg.to(device) if vgg is not None else None
     log = []
     for step in range(steps):
         picks = [(random.randrange(len(windows)), random.randrange(len(windows[0]["frames"])))
@@ -98,11 +101,12 @@ def train_renderer(release: str, subject: str, out: str | Path, steps: int = 100
                  "target": torch.stack([windows[w]["frames"][f] for w, f in picks]),
                  "reference": reference[None].expand(batch_size, -1, -1, -1),
                  "frame": torch.tensor([f for _, f in picks])}
+        batch = {k: v.to(device) for k, v in batch.items()}
         log.append({"step": step + 1, **renderer_step(gen, disc, opt_g, opt_d, batch, RendererWeights(), vgg)})
     ckpt = out / "renderer.pt"
-    torch.save({"generator": gen.state_dict(), "reference": reference, "subject": subject, "size": size,
-                "channels": list(channels) if channels else None, "perceptual": vgg is not None,
-                "trained_on": [w["window_id"] for w in windows]}, ckpt)
+    torch.save({"generator": {k: v.cpu() for k, v in gen.state_dict().items()}, "reference": reference,
+                "subject": subject, "size": size, "channels": list(channels) if channels else None,
+                "perceptual": vgg is not None, "trained_on": [w["window_id"] for w in windows]}, ckpt)
     files.write_json_atomic(str(out / "renderer_log.json"), log)
     return {"checkpoint": str(ckpt), "steps": steps, "windows": len(windows), "log": log}
 
@@ -111,4 +115,4 @@ def load_renderer(checkpoint: str | Path) -> tuple[UNetGenerator, dict]:
     state = load_checkpoint(checkpoint)
     gen = UNetGenerator(**({"channels": tuple(state["channels"])} if state.get("channels") else {}))
     gen.load_state_dict(state["generator"])
-    return gen.eval(), state
+    return gen.to(torch_device()).eval(), state

@@ -28,6 +28,7 @@ from torch import nn
 
 from singinghead.features.audio import mfcc26
 from singinghead.schemas import release as R
+from singinghead.schemas.settings import torch_device
 from singinghead.storage import files
 from singinghead.trainer.data import ReleaseWindows
 
@@ -88,7 +89,7 @@ def _audio_start(video_pos: torch.Tensor) -> torch.Tensor:
 
 def _clips(seq: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
     """seq (N, T, C), starts (B,) flat indices into N·T via (window, start) → (B, length, C)."""
-    idx = starts[:, 1:2] + torch.arange(length)[None]
+    idx = starts[:, 1:2] + torch.arange(length, device=starts.device)[None]
     return seq[starts[:, :1].expand_as(idx), idx]
 
 
@@ -97,7 +98,7 @@ class Pyramid:
     syncers: list[Syncer]
 
     def state_dict(self) -> dict:
-        return {f"level{i}": s.state_dict() for i, s in enumerate(self.syncers)}
+        return {f"level{i}": {k: v.cpu() for k, v in s.state_dict().items()} for i, s in enumerate(self.syncers)}
 
 
 def _level_data(windows: list[dict], level: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,24 +110,25 @@ def _level_data(windows: list[dict], level: int) -> tuple[torch.Tensor, torch.Te
 def train_pyramid(windows: list[dict], steps: int = 300, batch: int = NEGATIVES + 1, seed: int = 0, lr: float = 1e-3
                   ) -> Pyramid:
     """Train one syncer per scale on windows with `video` (240, 136) and `audio` (≥ 800, 26) features."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # draws on the CPU: the same batches on every device
+    device = torch_device()
     syncers = []
     for level in range(len(SCALES_MS)):
         torch.manual_seed(seed + level)
-        syncer = Syncer()
+        syncer = Syncer().to(device)
         opt = torch.optim.Adam(syncer.parameters(), lr)
-        v, a = _level_data(windows, level)
+        v, a = (x.to(device) for x in _level_data(windows, level))
         n, tv, ta = v.shape[0], v.shape[1], a.shape[1]
         max_v = min(tv - VIDEO_STEPS, int((ta - AUDIO_STEPS) / AUDIO_PER_FRAME))
         for _ in range(steps):
             # in-batch InfoNCE: each anchor's negatives are the other 48 anchors' audio clips
             # (other windows, or the same window at another time)
-            win = torch.randint(0, n, (batch,), generator=g)
-            pos = torch.randint(0, max_v + 1, (batch,), generator=g)
+            win = torch.randint(0, n, (batch,), generator=g).to(device)
+            pos = torch.randint(0, max_v + 1, (batch,), generator=g).to(device)
             video_emb = syncer.embed_video(_clips(v, torch.stack([win, pos], 1), VIDEO_STEPS))
             audio_emb = syncer.embed_audio(_clips(a, torch.stack([win, _audio_start(pos)], 1), AUDIO_STEPS))
             logits = video_emb @ audio_emb.T / 0.07
-            loss = F.cross_entropy(logits, torch.arange(batch))
+            loss = F.cross_entropy(logits, torch.arange(batch, device=device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -139,12 +141,14 @@ def offsets(pyramid: Pyramid, video: np.ndarray, audio: np.ndarray, max_offset_f
     """Per scale: best offset (video frames, positive = video lags audio), confidence, distances."""
     out = []
     for level, syncer in enumerate(pyramid.syncers):
-        v, a = pool(torch.as_tensor(video)[None], level)[0], pool(torch.as_tensor(audio[:800])[None], level)[0]
+        on = next(syncer.parameters()).device
+        v = pool(torch.as_tensor(video, device=on)[None], level)[0]
+        a = pool(torch.as_tensor(audio[:800], device=on)[None], level)[0]
         step_frames = 2**level
         d_max = max(1, max_offset_frames // step_frames)
         deltas = range(-d_max, d_max + 1)
         max_v = min(len(v) - VIDEO_STEPS, int((len(a) - AUDIO_STEPS) / AUDIO_PER_FRAME))
-        positions = torch.arange(d_max, max_v - d_max + 1)
+        positions = torch.arange(d_max, max_v - d_max + 1, device=on)
         if len(positions) == 0:
             out.append({"scale_ms": SCALES_MS[level], "offset_frames": None, "confidence": 0.0})
             continue
@@ -199,7 +203,7 @@ def load_pyramid(path: str) -> Pyramid:
             raise ValueError(f"{path}: not a syncer pyramid (no level{i})")
         syncer = Syncer()
         syncer.load_state_dict(state[f"level{i}"])
-        syncers.append(syncer.eval())
+        syncers.append(syncer.to(torch_device()).eval())
     return Pyramid(syncers)
 
 

@@ -27,7 +27,7 @@ TPE_FREQUENCIES = 4
 
 def temporal_embedding(frames: torch.Tensor, size: int, period: float = 30.0) -> torch.Tensor:
     """(B,) frame indices → (B, 2·TPE_FREQUENCIES, size, size) constant-per-image channels."""
-    freqs = 2 * math.pi / period * 2.0 ** torch.arange(TPE_FREQUENCIES, dtype=torch.float32)
+    freqs = 2 * math.pi / period * 2.0 ** torch.arange(TPE_FREQUENCIES, dtype=torch.float32, device=frames.device)
     angles = frames.float()[:, None] * freqs[None]
     emb = torch.cat([angles.sin(), angles.cos()], dim=1)
     return emb[:, :, None, None].expand(-1, -1, size, size)

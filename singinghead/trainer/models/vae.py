@@ -113,8 +113,10 @@ class UniSingerVAE(_MotionModel):
         """(B, T, 59) motion for z ~ N(0, I) (or the given z): non-autoregressive, one pass."""
         feats = self.audio(singing, bgm_mfcc)
         if z is None:
-            z = torch.randn(feats.shape[0], self.cfg.d_model, generator=generator, device=feats.device,
-                            dtype=feats.dtype) if generator is not None else torch.randn_like(feats[:, 0])
+            # drawn where the generator lives (a seeded CPU generator gives the same z on every device)
+            z = torch.randn(feats.shape[0], self.cfg.d_model, generator=generator, device=generator.device,
+                            dtype=feats.dtype).to(feats.device) if generator is not None \
+                else torch.randn_like(feats[:, 0])
         return self.decode(z, shape, feats)
 
 
