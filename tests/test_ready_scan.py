@@ -21,7 +21,7 @@ from scipy.spatial.transform import Rotation
 from singinghead.capture_rigs.scan_files import read_landmarks, read_scan
 from singinghead.schemas.errors import InputError, ManifestError
 from singinghead.schemas.manifest import LightStage, load_manifest
-from singinghead.tasks import scan_fit, scan_import
+from singinghead.tasks import scan_import
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,28 @@ def test_unverified_sync_reaches_the_manifest_the_card_and_the_qa_page(releases)
     assert f"{n_unverified} with unverified sync offsets" in (releases["rel"] / "qa/index.html").read_text()
 
 
+def test_a_shape_without_scan_fit_is_flagged_in_the_windows(releases, tmp_path):
+    """The sample's shape comes from its light-stage scan fit: no window carries a shape flag. The
+    same segment whose motion says its shape is the monocular mean (a session without a usable
+    light stage) gives windows flagged for it, so training can filter them."""
+    from singinghead.tasks.windows import segment_windows
+
+    rows = store.read_manifest(releases["rel"]).to_pylist()
+    assert not [r["window_id"] for r in rows if any(f.startswith("shape:") for f in r["qa_flags"])]
+    index = json.loads((releases["processed"] / "sessions/sample000/processed.json").read_text())
+    segment = dict(index["takes"]["take01"]["segments"][0])
+    table = pq.read_table(segment["motion"])
+    monocular = tmp_path / "monocular_motion.parquet"
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"shape_source": b"monocular mean"}),
+                   monocular)
+    scan_fit = segment_windows(index, "take01", segment)
+    segment["motion"] = str(monocular)
+    windows = segment_windows(index, "take01", segment)
+    assert len(windows) == len(scan_fit) > 0
+    for w, ref in zip(windows, scan_fit, strict=True):
+        assert w.row["qa_flags"] == ref.row["qa_flags"] + ["shape: monocular mean, no scan fit"]
+
+
 def test_splits_are_deterministic_and_proportional(releases):
     ids = [f"w{i}" for i in range(20000)]
     counts = Counter(assign_split(i, seed=0) for i in ids)

@@ -1,7 +1,7 @@
 """A ready-made head scan (Metashape, 3dMD, a structured-light scanner…) read as the lab has it.
 
 The scan is a triangle mesh (OBJ or PLY) in stated units (m, cm or mm; converted to metres here),
-with, when the file has them, a UV texture (OBJ + MTL + image) or vertex colours: views rendered
+with, when the file has them, a UV texture (OBJ + MTL + one image) or vertex colours: views rendered
 for landmark detection need one of the two. Its 68 landmarks, when the lab has them, come as
 - LJSON (menpo's format with the iBUG label groups chin, leye, reye, leyebrow, nose, reyebrow,
   mouth; reordered here to dlib's order, `LJSON_TO_DLIB`), or
@@ -141,6 +141,9 @@ def read_scan(path: str | Path, units: str, landmarks: str | Path | None = None)
     vertices = np.asarray(mesh.vertices, dtype=np.float64) * UNITS[units]
     check_head_units(vertices, path, units)
     uvs = texture = colours = None
+    if len(mesh.textures) > 1 and landmarks is None:  # renders would mix up the atlases' texels
+        raise InputError(path, f"{len(mesh.textures)} texture images: one texture atlas is supported for finding "
+                               "landmarks; re-export the scan with one texture, or give its landmarks")
     if mesh.has_triangle_uvs() and mesh.textures and np.asarray(mesh.textures[0]).size != 0:
         texture = np.asarray(mesh.textures[0])
         texture = cv2.cvtColor(texture, cv2.COLOR_GRAY2RGB) if texture.ndim == 2 else texture[:, :, :3].copy()

@@ -38,6 +38,7 @@ from singinghead.flows.runtime import Listeners, local_cluster_kwargs, prefect_a
 from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.manifest import MANIFEST_NAME, load_manifest
+from singinghead.schemas.motion import SHAPE_MONOCULAR, SHAPE_SCAN
 from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
@@ -49,8 +50,6 @@ STEPS = ("ingest", "crop", "audio", "flame frames", "scan", "scan fit", "flame s
 LIGHT_STAGE = "light stage"
 
 #: Where the subject's final shape comes from.
-SHAPE_MONOCULAR = "monocular mean"
-SHAPE_SCAN = "light-stage scan fit"
 
 
 def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
@@ -311,10 +310,14 @@ def process_session(session_dir: str, out: str) -> dict:
             partial(scan.scan_done, str(root), manifest.light_stage, out),
             partial(submit_gpu, scan.scan_task, str(root), manifest.session_id, manifest.light_stage, out),
             submitted)
+    # Longest takes first (the video's size stands for its length): the session joins when its last
+    # take is done, so the longest should not be the one started last.
+    longest_first = sorted(manifest.takes, key=lambda take: -(root / take.video).stat().st_size)
     pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, out, catalog, submitted)
-                      for take in manifest.takes})
+                      for take in longest_first})
     pipelines = run_pipelines(pipelines)
     light_stage = pipelines.pop(LIGHT_STAGE, {"status": "absent"})
+    pipelines = {take.id: pipelines[take.id] for take in manifest.takes}  # reports in the manifest's order
     results: dict[str, TakeIngest] = {t: p["ingest"] for t, p in pipelines.items()}
     crops = {t: p["crop"] for t, p in pipelines.items()}
     audios = {t: p["audio"] for t, p in pipelines.items() if "audio" in p}

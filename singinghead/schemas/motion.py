@@ -13,6 +13,11 @@ NECK = slice(53, 56)
 JAW = slice(56, 59)
 HEAD_POSE = slice(50, 56)  # global + neck, the 6-d pose used by PPE
 
+#: Where a subject's shape came from: the FLAME fit to its light-stage (or ready-made) scan, or,
+#: when the session has no usable scan, the mean of the monocular per-frame fits (weaker: flagged).
+SHAPE_SCAN = "light-stage scan fit"
+SHAPE_MONOCULAR = "monocular mean"
+
 #: One row per portrait frame of a segment: `<segment>_motion.parquet`. Table metadata holds the
 #: subject's shape (`shape`, JSON list of 100), where it came from (`shape_source`) and the FLAME
 #: model it belongs to (`flame_model`).

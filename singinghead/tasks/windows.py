@@ -23,6 +23,7 @@ import soundfile as sf
 from singinghead.features.audio import bgm_mfcc_per_frame
 from singinghead.schemas import release as R
 from singinghead.schemas.errors import SingingHeadError
+from singinghead.schemas.motion import SHAPE_SCAN
 from singinghead.storage import files
 from singinghead.storage.assets import ffmpeg_exe
 
@@ -70,7 +71,7 @@ def _read_wav(url: str) -> np.ndarray:
 
 
 def qa_flags(error: np.ndarray, confidence: np.ndarray, outliers: list[list[str]], audio_flags: list[str],
-             sync_flags: list[str]) -> list[str]:
+             sync_flags: list[str], shape_source: str = SHAPE_SCAN) -> list[str]:
     flags = [f"sync: {f}" for f in sync_flags] + [f"audio: {f}" for f in audio_flags]
     finite = error[np.isfinite(error)]
     if len(finite) < len(error):
@@ -85,6 +86,8 @@ def qa_flags(error: np.ndarray, confidence: np.ndarray, outliers: list[list[str]
     low = float((confidence < LOW_CONFIDENCE).mean())
     if low > 0.1:
         flags.append(f"landmarks: low confidence in {low:.0%} of frames")
+    if shape_source != SHAPE_SCAN:  # e.g. no light stage, or it failed: the weaker monocular shape
+        flags.append(f"shape: {shape_source or 'of unknown source'}, no scan fit")
     return flags
 
 
@@ -95,6 +98,7 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
     take = index["takes"][take_id]
     table = files.read_parquet(segment["motion"])
     shape = np.asarray(json.loads(table.schema.metadata[b"shape"]), dtype=np.float32)
+    shape_source = table.schema.metadata.get(b"shape_source", b"").decode()
     t = table.to_pydict()
     n = len(t["frame"]) // R.WINDOW_FRAMES
     if n == 0:
@@ -138,7 +142,7 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
             "video_to_mic_s": take["video_to_mic_s"], "mic_to_song_s": take["mic_to_song_s"],
             "sync_status": take.get("sync_status", "unknown"),
             "qa_flags": qa_flags(arrays["reprojection_error_px"][a:b], arrays["landmark_confidence"][a:b],
-                                 t["outliers"][a:b], segment["audio_flags"], take["sync_flags"]),
+                                 t["outliers"][a:b], segment["audio_flags"], take["sync_flags"], shape_source),
         }
         out.append(Window(row, sing.astype(np.float32), music.astype(np.float32), segment["video"],
                           video_start_s=float(ts[a] - ts[0])))
