@@ -38,6 +38,15 @@ def wait_for(path: str, timeout_s: float) -> str:
 
 
 @task
+def dask_priority() -> int:
+    """The user priority Dask scheduled this task with (its priority tuple holds it negated)."""
+    from distributed import get_worker
+    from distributed.worker import thread_state
+
+    return -get_worker().state.tasks[thread_state.key].priority[0]
+
+
+@task
 def broken() -> None:
     raise ValueError("this take's video is unreadable")
 
@@ -79,3 +88,19 @@ def test_a_short_take_moves_on_while_a_long_one_is_still_running(tmp_path, prefe
     # What the progress display showed, in order: A's second step went while B's first still ran.
     assert events.index(("s", "A", "two", "submitted")) < events.index(("s", "B", "one", "done"))
     assert ("s", "C", "one", "failed") in events and ("s", "D", "one", "up to date") in events
+
+
+def test_a_pipelines_tasks_carry_its_dask_priority(prefect_harness):
+    """The flow ranks takes longest first; each pipeline's tasks reach Dask with its rank."""
+    submitted = {"one": []}
+
+    def take(name: str):
+        return (yield from _step("s", name, "one", lambda: None, lambda: dask_priority.submit(), submitted))
+
+    @flow(task_runner=task_runner())
+    def takes() -> dict:
+        return run_pipelines({"long": take("long"), "short": take("short"), "plain": take("plain")},
+                             {"long": 2, "short": 1})
+
+    results = takes()
+    assert {k: r["refs"] for k, r in results.items()} == {"long": 2, "short": 1, "plain": 0}

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import dask
 import distributed
 from distributed import LocalCluster
 from prefect import flow, get_run_logger
@@ -48,8 +49,6 @@ from singinghead.tasks import audio, crop, flame_fit, ingest, photogrammetry, sc
 STEPS = ("ingest", "crop", "audio", "flame frames", "scan", "scan fit", "flame sequence")
 #: The light stage's row beside the takes' (progress, pipelines).
 LIGHT_STAGE = "light stage"
-
-#: Where the subject's final shape comes from.
 
 
 def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
@@ -208,17 +207,21 @@ def _step(session_id: str, take_id: str, step: str, done: Callable[[], object], 
         return {"status": "failed", "problem": str(exc)}
 
 
-def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]]) -> dict[str, object]:
+def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]],
+                  priority: dict[str, int] | None = None) -> dict[str, object]:
     """Drive several pipelines at once. Each is a generator that yields the task future it waits
     for and is sent its result (or the exception); it moves on as soon as its own task finishes,
-    whatever the others are doing. Returns what each pipeline returned, in the pipelines' order
+    whatever the others are doing. A pipeline's tasks carry its Dask `priority` (higher runs
+    first when workers are busy). Returns what each pipeline returned, in the pipelines' order
     (not the order they finished in: what is computed from the results must not depend on timing)."""
     results: dict[str, object] = {}
     waiting: dict = {}  # the task runner's own future → (pipeline, Prefect future)
+    priority = priority or {}
 
     def advance(key: str, value: object) -> None:
         try:
-            future = pipelines[key].send(value)
+            with dask.annotate(priority=priority.get(key, 0)):  # whatever the pipeline submits now
+                future = pipelines[key].send(value)
         except StopIteration as stop:
             results[key] = stop.value
             return
@@ -310,12 +313,15 @@ def process_session(session_dir: str, out: str) -> dict:
             partial(scan.scan_done, str(root), manifest.light_stage, out),
             partial(submit_gpu, scan.scan_task, str(root), manifest.session_id, manifest.light_stage, out),
             submitted)
-    # Longest takes first (the video's size stands for its length): the session joins when its last
-    # take is done, so the longest should not be the one started last.
+    # Longest take first, at every step (the video's size stands for its length): the session
+    # joins when its last take is done, so a long take's next step goes before a short one's
+    # queued step (critical path first); the light stage, longest of all, before them.
     longest_first = sorted(manifest.takes, key=lambda take: -(root / take.video).stat().st_size)
+    priority = {take.id: len(longest_first) - rank for rank, take in enumerate(longest_first)}
+    priority[LIGHT_STAGE] = len(longest_first) + 1
     pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, out, catalog, submitted)
                       for take in longest_first})
-    pipelines = run_pipelines(pipelines)
+    pipelines = run_pipelines(pipelines, priority)
     light_stage = pipelines.pop(LIGHT_STAGE, {"status": "absent"})
     pipelines = {take.id: pipelines[take.id] for take in manifest.takes}  # reports in the manifest's order
     results: dict[str, TakeIngest] = {t: p["ingest"] for t, p in pipelines.items()}
@@ -357,7 +363,7 @@ def process_session(session_dir: str, out: str) -> dict:
                            partial(submit_gpu, flame_fit.sequences_task, manifest.session_id, take_id,
                                    crops[take_id]["refs"], f["refs"], shape_info["shape"], shape_info["source"], out),
                            submitted)
-            for take_id, f in fits.items() if f["status"] == "ok"}))
+            for take_id, f in fits.items() if f["status"] == "ok"}, priority))
     motion_reports = {take_id: flame_fit.read_motion_summary(m["refs"]) if m["status"] == "ok" else m
                       for take_id, m in motions.items()}
     motion_reports.update({take_id: f for take_id, f in fits.items() if f["status"] != "ok"})
