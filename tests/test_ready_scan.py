@@ -57,7 +57,9 @@ def test_a_manifest_names_a_scan_with_its_units(sample_session, tmp_path):
         return str(err.value)
 
     assert "needs its units" in problems({"scan": "head.obj"})
-    assert "units" in problems({"scan": "head.obj", "units": "inch"})
+    assert "light_stage.units: Input should be 'm', 'cm' or 'mm' (got 'inch')" in problems(
+        {"scan": "head.obj", "units": "inch"})
+    assert "light_stage: give photos and calibration, or a ready-made scan" in problems({"units": "mm"})
     assert "not both" in problems({"scan": "head.obj", "units": "mm", "photos": "p", "calibration": "c.json"})
     assert "light_stage.scan 'head.obj': file not found" in problems({"scan": "head.obj", "units": "mm"})
     (session / "head.obj").write_text("v 0 0 0\n")
