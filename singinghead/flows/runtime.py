@@ -18,7 +18,7 @@ from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
-from singinghead.schemas.settings import get_settings
+from singinghead.schemas.settings import get_settings, torch_device
 
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns. Setting it turns off
 # glibc's adaptive mmap threshold, so every array over 128 KB is mmapped and unmapped anew: the
@@ -82,14 +82,29 @@ def local_cluster_kwargs() -> dict:
     return cluster
 
 
+GPU_TAG = "gpu"
+
+
+def gpu_throttled() -> bool:
+    """Whether GPU tasks are throttled: the lab declared GPU workers (settings.dask_gpu_resource)
+    or this machine's torch device is a GPU. Without a GPU there is nothing to share, and the tag's
+    concurrency check is one Prefect API round trip before every task (0.2–2.5 s measured on a
+    busy 2-core worker: bench/scale.py's idle time)."""
+    return get_settings().dask_gpu_resource or torch_device().type == "cuda"
+
+
 def submit_gpu(task, *args):
-    """Submit a GPU-tagged task. Besides its Prefect tag (a tag concurrency limit `gpu` caps them
-    across the whole deployment), it asks Dask for one `GPU` resource when workers advertise
-    them (settings.dask_gpu_resource), so each worker runs at most as many as it has GPUs."""
+    """Submit a task that runs on the GPU when there is one. When GPUs are throttled it carries
+    the Prefect tag `gpu` (a tag concurrency limit `gpu` caps them across the whole deployment)
+    and, when workers advertise them (settings.dask_gpu_resource), asks Dask for one `GPU`
+    resource, so each worker runs at most as many as it has GPUs."""
+    if not gpu_throttled():
+        return task.submit(*args)
+    tagged = task.with_options(tags={*task.tags, GPU_TAG})
     if not get_settings().dask_gpu_resource:
-        return task.submit(*args)
+        return tagged.submit(*args)
     with dask.annotate(resources={"GPU": 1}):
-        return task.submit(*args)
+        return tagged.submit(*args)
 
 
 class Listeners:

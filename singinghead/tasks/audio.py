@@ -216,7 +216,7 @@ def done_outputs(out: str, take: Take, song_sha256: str, mic_sha256: str, crop_r
     return done.outputs if done is not None else None
 
 
-@task(name="audio-take", task_run_name="audio-{take.id}", tags=["gpu"], retries=1, retry_delay_seconds=2)
+@task(name="audio-take", task_run_name="audio-{take.id}", retries=1, retry_delay_seconds=2)
 def audio_take_task(session_dir: str, session_id: str, take: Take, song_sha256: str, mic_sha256: str,
                     first_pts_s: float, crop_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
     return audio_for_take(session_dir, session_id, take, song_sha256, mic_sha256, first_pts_s, crop_refs, out)

@@ -415,7 +415,7 @@ def crop_for_take(session_dir: str, session_id: str, take_id: str, video_rel: st
     return refs
 
 
-@task(name="crop-take", task_run_name="crop-{take_id}", tags=["gpu"], retries=1, retry_delay_seconds=2)
+@task(name="crop-take", task_run_name="crop-{take_id}", retries=1, retry_delay_seconds=2)
 def crop_take_task(session_dir: str, session_id: str, take_id: str, video_rel: str, video_sha256: str,
                    out: str) -> list[ArtifactRef]:
     return crop_for_take(session_dir, session_id, take_id, video_rel, video_sha256, out)

@@ -478,13 +478,13 @@ def read_motion(url: str) -> tuple[pa.Table, np.ndarray]:
     return table, np.asarray(json.loads(table.schema.metadata[b"shape"]))
 
 
-@task(name="flame-frames", task_run_name="flame-frames-{take_id}", tags=["gpu"], retries=1, retry_delay_seconds=2)
+@task(name="flame-frames", task_run_name="flame-frames-{take_id}", retries=1, retry_delay_seconds=2)
 def frame_fits_task(session_dir: str, session_id: str, take_id: str, video_rel: str, crop_refs: list[ArtifactRef],
                     audio_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
     return frame_fits_for_take(session_dir, session_id, take_id, video_rel, crop_refs, audio_refs, out)
 
 
-@task(name="flame-sequence", task_run_name="flame-sequence-{take_id}", tags=["gpu"], retries=1,
+@task(name="flame-sequence", task_run_name="flame-sequence-{take_id}", retries=1,
       retry_delay_seconds=2)
 def sequences_task(session_id: str, take_id: str, crop_refs: list[ArtifactRef], frame_refs: list[ArtifactRef],
                    shape: list[float], shape_source: str, out: str) -> list[ArtifactRef]:

@@ -224,7 +224,7 @@ def fit_for_subject(session_id: str, scan_refs: list[ArtifactRef], init_shape: l
     return refs
 
 
-@task(name="scan-fit", task_run_name="scan-fit-{session_id}", tags=["gpu"], retries=1, retry_delay_seconds=2)
+@task(name="scan-fit", task_run_name="scan-fit-{session_id}", retries=1, retry_delay_seconds=2)
 def fit_task(session_id: str, scan_refs: list[ArtifactRef], init_shape: list[float], out: str) -> list[ArtifactRef]:
     return fit_for_subject(session_id, scan_refs, init_shape, out)
 

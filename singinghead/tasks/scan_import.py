@@ -260,6 +260,6 @@ def scan_done(session_dir: str, light_stage: LightStage, out: str) -> list[Artif
     return done.outputs if done is not None else None
 
 
-@task(name="scan-import", task_run_name="scan-import-{session_id}", tags=["gpu"], retries=1, retry_delay_seconds=2)
+@task(name="scan-import", task_run_name="scan-import-{session_id}", retries=1, retry_delay_seconds=2)
 def scan_task(session_dir: str, session_id: str, light_stage: LightStage, out: str) -> list[ArtifactRef]:
     return scan_for_subject(session_dir, session_id, light_stage, out)
