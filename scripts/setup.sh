@@ -40,10 +40,12 @@ if sys.version_info[:2] != (3, 11):
 PY
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 echo "setup: installing pinned dependencies into $VENV (first run takes a few minutes)"
+# --no-compile: Python compiles a module when it is first imported, so only the modules used are
+# compiled (pip would compile all of the ~8 GB installed, 45 s of a 190 s setup here).
 pip_install() {  # quiet unless pip fails; then show its output
   local log
   log=$(mktemp)
-  if ! "$VENV/bin/pip" install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+  if ! "$VENV/bin/pip" install -q --no-compile --disable-pip-version-check "$@" >"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" >&2
     rm -f "$log"
     echo "setup: pip install $* failed" >&2
