@@ -16,15 +16,6 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def pytest_collection_modifyitems(items):
-    """Tests run on two pytest-xdist workers (pyproject's addopts). Every test that uses the
-    sample session goes to one of them, so the session (and the processed sample built from it)
-    is built once; the other tests spread over both."""
-    for item in items:
-        if "sample_session" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("sample"))
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
