@@ -20,7 +20,6 @@ import dataclasses
 import json
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -128,85 +127,76 @@ def build_sample_session(
     rng = np.random.default_rng(seed)
     ffmpeg = ffmpeg_exe()
     n_frames = int(round(duration_s * video.FPS))
-    takes, gt_takes, encodes = [], {}, []
-    encoder = ThreadPoolExecutor(max_workers=2)
-    try:
-        for k, spec in enumerate(TAKES[:n_takes]):
-            take_dir = out / "takes" / spec["id"]
-            take_dir.mkdir(parents=True, exist_ok=True)
-            song_vocals, accomp, dry, mouth = _take_audio(spec, duration_s, rng)
+    takes, gt_takes = [], {}
+    for k, spec in enumerate(TAKES[:n_takes]):
+        take_dir = out / "takes" / spec["id"]
+        take_dir.mkdir(parents=True, exist_ok=True)
+        song_vocals, accomp, dry, mouth = _take_audio(spec, duration_s, rng)
 
-            # Mix like a record: the accompaniment as loud (RMS) as the voice, peaks below full scale.
-            accomp = accomp * np.sqrt(np.mean(song_vocals**2) / np.mean(accomp**2))
-            gain = 0.9 / np.abs(song_vocals + accomp).max()
-            song_vocals, accomp = (song_vocals * gain).astype(np.float32), (accomp * gain).astype(np.float32)
-            song = song_vocals + accomp
-            sf.write(out / "songs" / f"{spec['id']}.flac", song, SONG_SR, subtype="PCM_24")
-            sf.write(gt_dir / f"{spec['id']}_song_vocals.wav", song_vocals, SONG_SR, subtype="FLOAT")
-            sf.write(gt_dir / f"{spec['id']}_song_accompaniment.wav", accomp, SONG_SR, subtype="FLOAT")
-            sf.write(take_dir / "mic.wav", dry, MIC_SR, subtype="PCM_24")
+        # Mix like a record: the accompaniment as loud (RMS) as the voice, peaks below full scale.
+        accomp = accomp * np.sqrt(np.mean(song_vocals**2) / np.mean(accomp**2))
+        gain = 0.9 / np.abs(song_vocals + accomp).max()
+        song_vocals, accomp = (song_vocals * gain).astype(np.float32), (accomp * gain).astype(np.float32)
+        song = song_vocals + accomp
+        sf.write(out / "songs" / f"{spec['id']}.flac", song, SONG_SR, subtype="PCM_24")
+        sf.write(gt_dir / f"{spec['id']}_song_vocals.wav", song_vocals, SONG_SR, subtype="FLOAT")
+        sf.write(gt_dir / f"{spec['id']}_song_accompaniment.wav", accomp, SONG_SR, subtype="FLOAT")
+        sf.write(take_dir / "mic.wav", dry, MIC_SR, subtype="PCM_24")
 
-            # Mouth opening at each frame's mic time, averaged over the frame's exposure.
-            true_v2m = spec["video_to_mic"] + spec["log_error"]
-            t_video = np.arange(n_frames) / video.FPS
-            half = MIC_SR // (2 * video.FPS)
-            idx = np.clip(np.round((t_video + true_v2m) * MIC_SR).astype(int), half, len(mouth) - half - 1)
-            csum = np.concatenate([[0.0], np.cumsum(mouth, dtype=np.float64)])
-            mouth_frames = (csum[idx + half] - csum[idx - half]) / (2 * half)
+        # Mouth opening at each frame's mic time, averaged over the frame's exposure.
+        true_v2m = spec["video_to_mic"] + spec["log_error"]
+        t_video = np.arange(n_frames) / video.FPS
+        half = MIC_SR // (2 * video.FPS)
+        idx = np.clip(np.round((t_video + true_v2m) * MIC_SR).astype(int), half, len(mouth) - half - 1)
+        csum = np.concatenate([[0.0], np.cumsum(mouth, dtype=np.float64)])
+        mouth_frames = (csum[idx + half] - csum[idx - half]) / (2 * half)
 
-            motion = dataclasses.replace(video.head_motion(n_frames, mouth_frames, spec["leans"], rng),
-                                         canvas_scale=width / video.WIDTH)
-            start_offset_ns = 200_000_000 + 1_000_000 * k
-            dropped = _dropped_frames(n_frames, frame_drops, np.random.default_rng([seed, k, 17]))
-            # Encoded beside the next take's making (rendering and ffmpeg release the GIL); the
-            # generator's random draws stay in the same order, so a seed gives the same session.
-            encodes.append(encoder.submit(video.write_kinect_mkv, take_dir / "kinect.mkv", motion, ffmpeg,
-                                          start_offset_ns, seed=seed * 10 + k, color_mode=color_mode, dropped=dropped))
-            recorded = np.ones(n_frames, bool)
-            recorded[dropped] = False
+        motion = dataclasses.replace(video.head_motion(n_frames, mouth_frames, spec["leans"], rng),
+                                     canvas_scale=width / video.WIDTH)
+        start_offset_ns = 200_000_000 + 1_000_000 * k
+        dropped = _dropped_frames(n_frames, frame_drops, np.random.default_rng([seed, k, 17]))
+        video.write_kinect_mkv(take_dir / "kinect.mkv", motion, ffmpeg, start_offset_ns, seed=seed * 10 + k,
+                               color_mode=color_mode, dropped=dropped)
+        recorded = np.ones(n_frames, bool)
+        recorded[dropped] = False
 
-            lmk = np.stack([video.landmarks(motion, i) for i in range(n_frames)])
-            np.savez_compressed(
-                gt_dir / f"{spec['id']}_frames.npz",
-                time_s=t_video, affine=np.stack([motion.affine(i) for i in range(n_frames)]),
-                centre_xy=motion.centre_xy, roll_deg=motion.roll_deg, scale=motion.scale,
-                jaw_px=motion.jaw_px, mouth_opening=mouth_frames.astype(np.float32), landmarks=lmk,
-                face_box=np.concatenate([lmk.min(1), lmk.max(1)], axis=1), recorded=recorded,
-            )
-            log = CaptureLog(video_start_s=spec["video_to_mic"], mic_start_s=0.0, song_start_s=-spec["mic_to_song"])
-            takes.append(Take(
-                id=spec["id"], video=f"takes/{spec['id']}/kinect.mkv", mic=f"takes/{spec['id']}/mic.wav",
-                song=Song(file=f"songs/{spec['id']}.flac", title=spec["title"], category=spec["category"],
-                          language=spec["language"]),
-                capture_log=log,
-            ))
-            gt_takes[spec["id"]] = {
-                "offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": true_v2m},
-                "log_offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": spec["video_to_mic"]},
-                "cuts_s": [when for when, _ in spec["leans"]],
-                "frames": n_frames, "fps": video.FPS, "bpm": spec["bpm"],
-                "dropped_frames": [int(i) for i in dropped],
-                "k4a_start_offset_ns": start_offset_ns,
-                "files": {"song_vocals": f"{spec['id']}_song_vocals.wav",
-                          "song_accompaniment": f"{spec['id']}_song_accompaniment.wav",
-                          "frames": f"{spec['id']}_frames.npz"},
-            }
+        lmk = np.stack([video.landmarks(motion, i) for i in range(n_frames)])
+        np.savez_compressed(
+            gt_dir / f"{spec['id']}_frames.npz",
+            time_s=t_video, affine=np.stack([motion.affine(i) for i in range(n_frames)]),
+            centre_xy=motion.centre_xy, roll_deg=motion.roll_deg, scale=motion.scale,
+            jaw_px=motion.jaw_px, mouth_opening=mouth_frames.astype(np.float32), landmarks=lmk,
+            face_box=np.concatenate([lmk.min(1), lmk.max(1)], axis=1), recorded=recorded,
+        )
+        log = CaptureLog(video_start_s=spec["video_to_mic"], mic_start_s=0.0, song_start_s=-spec["mic_to_song"])
+        takes.append(Take(
+            id=spec["id"], video=f"takes/{spec['id']}/kinect.mkv", mic=f"takes/{spec['id']}/mic.wav",
+            song=Song(file=f"songs/{spec['id']}.flac", title=spec["title"], category=spec["category"],
+                      language=spec["language"]),
+            capture_log=log,
+        ))
+        gt_takes[spec["id"]] = {
+            "offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": true_v2m},
+            "log_offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": spec["video_to_mic"]},
+            "cuts_s": [when for when, _ in spec["leans"]],
+            "frames": n_frames, "fps": video.FPS, "bpm": spec["bpm"],
+            "dropped_frames": [int(i) for i in dropped],
+            "k4a_start_offset_ns": start_offset_ns,
+            "files": {"song_vocals": f"{spec['id']}_song_vocals.wav",
+                      "song_accompaniment": f"{spec['id']}_song_accompaniment.wav",
+                      "frames": f"{spec['id']}_frames.npz"},
+        }
+        if on_take:
+            on_take(spec["id"])
 
-        gt_light_stage = None
-        if light_stage:
-            with tempfile.TemporaryDirectory() as tmp:
-                model = load_flame(write_model(tmp))
-            true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
-            gt_light_stage = light_stage_sample.write_light_stage(out / "light_stage", model, true_shape, gt_dir,
-                                                                  scan)
-            if on_take:
-                on_take("light stage")
-        for take, encoded in zip(takes, encodes, strict=True):
-            encoded.result()
-            if on_take:
-                on_take(take.id)
-    finally:
-        encoder.shutdown(wait=True)
+    gt_light_stage = None
+    if light_stage:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = load_flame(write_model(tmp))
+        true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
+        gt_light_stage = light_stage_sample.write_light_stage(out / "light_stage", model, true_shape, gt_dir, scan)
+        if on_take:
+            on_take("light stage")
     manifest = SessionManifest(
         session_id=f"sample{seed:03d}",
         subject=Subject(id=f"astronaut{seed:03d}", level="professional", gender="female"),
