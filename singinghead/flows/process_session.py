@@ -4,14 +4,14 @@ The flow validates the manifest, checksums raw files (stat-cached, read-only), a
 which steps of which takes still need work and submits only those as Prefect tasks to a
 DaskTaskRunner (a local cluster by default, an existing scheduler with `dask_address`).
 Steps per take, each take a pipeline of its own that moves on as soon as its own step is done:
-ingest (probe and check the streams) → crop (portrait segments; GPU-tagged) → audio (vocal
+ingest (probe and check the streams) → crop (portrait segments; a GPU step) → audio (vocal
 removal, sync offsets, dense landmarks, per-segment singing audio and BGM) → FLAME per-frame
 fits; per subject, beside the takes, the subject's scan (light-stage photogrammetry, or the
 lab's ready-made scan imported); then, joining the takes
 only because the method needs all of them, the subject's shape: the monocular mean of all
 takes' fits, refined by the FLAME fit to the scan when the session has a light stage (a failed
 light stage leaves the monocular mean, and says so); then per take the FLAME sequences (59-d
-motion per frame, GPU-tagged). A failed take is reported and the others finish. Re-running an
+motion per frame, a GPU step). A failed take is reported and the others finish. Re-running an
 unchanged session submits no task at all.
 """
 

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     #: Local Dask cluster size when no address is given.
     dask_workers: int = 2
     dask_threads_per_worker: int = 1
-    #: GPU-tagged tasks ask Dask for one `GPU` resource each, so a worker started with
+    #: The GPU steps ask Dask for one `GPU` resource each (and carry the Prefect tag `gpu`), so a worker started with
     #: `--resources GPU=n` runs at most n of them at once and CPU-only workers run none.
     dask_gpu_resource: bool = False
     #: `GPU` resource of each local-cluster worker when dask_gpu_resource is on.
