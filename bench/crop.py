@@ -27,7 +27,8 @@ from results_io import publish  # noqa: E402
 
 from singinghead.samples import video  # noqa: E402
 from singinghead.storage.assets import ffmpeg_exe  # noqa: E402
-from singinghead.tasks.crop import CropParams, crop_take, face_analyser  # noqa: E402
+from singinghead.tasks.crop import CropParams, crop_take  # noqa: E402
+from singinghead.tasks.landmarks import face_analyser  # noqa: E402
 
 SECONDS = 60
 

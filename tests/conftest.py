@@ -49,12 +49,13 @@ def sample_session(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def short_session(tmp_path_factory) -> Path:
-    """A short sample session (2 takes × 4 s, own seed, no light stage) for tests about the flow
-    rather than about accuracy (services, broken takes): the same pipeline on a fifth of the frames."""
+    """A short sample session (2 takes × 4 s, own seed, no light stage, recorded in the Kinect's
+    720p colour mode) for tests about the flow rather than about accuracy (services, broken takes,
+    output errors): the same pipeline on a fifth of the frames and a ninth of the pixels."""
     from singinghead.samples.session import build_sample_session
 
     return build_sample_session(tmp_path_factory.mktemp("short") / "session", seed=7, duration_s=4.0,
-                                light_stage=False)
+                                light_stage=False, color_mode="720P")
 
 
 @pytest.fixture()
@@ -154,18 +155,19 @@ def processed_sample(sample_session, tmp_path_factory, prefect_harness) -> dict:
 @pytest.fixture()
 def audio_step(processed_sample):
     """Run the audio step on one take of a session folder (e.g. a damaged `session_copy`) with the
-    processed sample's crops of that take: returns (refs, crop segments URL, take)."""
+    processed sample's crop of that take (portrait segments and their landmarks): returns (refs,
+    crop refs, take)."""
     from singinghead.schemas.manifest import load_manifest
     from singinghead.storage import files
+    from singinghead.storage.catalog import Catalog
     from singinghead.tasks import audio
 
     def run(session: Path, take_id: str, out: Path):
-        crop_dir = next(Path(processed_sample["out"]).glob(f"sessions/sample000/takes/{take_id}/crop/*"))
-        segments = str(crop_dir / "segments.parquet")
+        crop_refs = next(e.outputs for e in Catalog(str(processed_sample["out"])).entries("crop")
+                         if (e.meta["session_id"], e.meta["take_id"]) == ("sample000", take_id))
         take = load_manifest(session).take(take_id)
         refs = audio.audio_for_take(str(session), "sample000", take, files.sha256_file(session / take.song.file)[0],
-                                    files.sha256_file(session / take.mic)[0], 0.0,
-                                    [files.artifact_ref(segments, kind="segments")], str(out))
-        return refs, segments, take
+                                    files.sha256_file(session / take.mic)[0], 0.0, crop_refs, str(out))
+        return refs, crop_refs, take
 
     return run

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from singinghead.storage.assets import dlib_landmark_model, ffmpeg_exe
-from singinghead.tasks.crop import DLIB_BOX_FROM_MTCNN, face_analyser
-from singinghead.tasks.landmarks import dense_landmarks
+from singinghead.tasks.landmarks import DLIB_BOX_FROM_MTCNN, dense_landmarks, face_analyser
 
 
 def _frames(path, step: int, width: int = 512) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
 
 SESSIONS = 20
-SECONDS = 3.5
+SECONDS = 3.3
 STEPS = ("ingest", "crop", "audio", "flame_frames", "flame_sequence")
 
 
@@ -25,7 +25,7 @@ def _build(args: tuple[Path, int]) -> Path:
 
 @pytest.fixture(scope="module")
 def small_sessions(tmp_path_factory) -> list[Path]:
-    """20 different sessions of one 3.5 s take (own seeds: own videos, songs and offsets; just
+    """20 different sessions of one 3.3 s take (own seeds: own videos, songs and offsets; just
     above the 3 s a segment needs), no light stage, recorded in the Kinect's 720p colour mode
     (this test is about many sessions at once; memory on 4K takes is checked on the sample
     session's 20 s takes, test_ingest_flow); built two at a time."""

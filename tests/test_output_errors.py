@@ -19,7 +19,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG inst
 limit = int(sys.argv[4])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 from singinghead.tasks.crop import crop_for_take
-crop_for_take(sys.argv[1], "sample000", "take01", "takes/take01/kinect.mkv", sys.argv[2], sys.argv[3])
+crop_for_take(sys.argv[1], "sample007", "take01", "takes/take01/kinect.mkv", sys.argv[2], sys.argv[3])
 """
 
 
@@ -27,14 +27,14 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
-def test_full_output_is_reported_and_nothing_half_written(sample_session, tmp_path):
+def test_full_output_is_reported_and_nothing_half_written(short_session, tmp_path):
     out = tmp_path / "out"
-    take = load_manifest(sample_session).take("take01")
-    sha = Catalog(str(out)).raw_checksum(sample_session / take.video)[0]
-    finished = files.write_json_atomic(files.join(str(out), "sessions/sample000/ingest_report.json"), {"ok": True})
+    take = load_manifest(short_session).take("take01")
+    sha = Catalog(str(out)).raw_checksum(short_session / take.video)[0]
+    finished = files.write_json_atomic(files.join(str(out), "sessions/sample007/ingest_report.json"), {"ok": True})
     before = _files(out)
 
-    proc = subprocess.run([sys.executable, "-c", CROP_UNDER_LIMIT, str(sample_session), sha, str(out),
+    proc = subprocess.run([sys.executable, "-c", CROP_UNDER_LIMIT, str(short_session), sha, str(out),
                            str(256 * 1024)], capture_output=True, text=True)
     assert proc.returncode != 0
     message = proc.stderr.strip().split("SingingHeadError: ", 1)[-1]
@@ -49,7 +49,7 @@ def test_full_output_is_reported_and_nothing_half_written(sample_session, tmp_pa
     assert files.verify(finished, deep=True)
 
     # With room again the same call completes.
-    refs = crop.crop_for_take(str(sample_session), "sample000", "take01", take.video, sha, str(out))
+    refs = crop.crop_for_take(str(short_session), "sample007", "take01", take.video, sha, str(out))
     assert all(files.verify(r, deep=True) for r in refs)
 
 

@@ -78,8 +78,8 @@ def test_audio_step_measures_with_syncnet_when_its_weights_are_set(session_copy,
     torch.save(syncnet.SyncNet().state_dict(), weights)
     monkeypatch.setenv("SINGINGHEAD_SYNCNET_WEIGHTS", str(weights))
 
-    refs, segments, take = audio_step(session_copy, "take01", tmp_path / "out")
-    crop_refs = [files.artifact_ref(segments, kind="segments")]
+    refs, crop_refs, take = audio_step(session_copy, "take01", tmp_path / "out")
+    segments = next(r.url for r in crop_refs if r.meta.get("kind") == "segments")
     song_sha = files.sha256_file(session_copy / take.song.file)[0]
     mic_sha = files.sha256_file(session_copy / take.mic)[0]
     report = audio.read_report(refs)

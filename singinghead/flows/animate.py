@@ -28,8 +28,8 @@ from singinghead.flame.model import load_flame
 from singinghead.schemas import release as R
 from singinghead.schemas.errors import InputError
 from singinghead.storage.assets import ffmpeg_exe
-from singinghead.tasks.crop import face_analyser
 from singinghead.tasks.flame_fit import fit_frames
+from singinghead.tasks.landmarks import face_analyser
 from singinghead.trainer.models.renderer import temporal_embedding
 from singinghead.trainer.render import render_depth_sequence
 from singinghead.trainer.renderer_train import depth_to_input, load_renderer

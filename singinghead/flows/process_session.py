@@ -4,8 +4,8 @@ The flow validates the manifest, checksums raw files (stat-cached, read-only), a
 which steps of which takes still need work and submits only those as Prefect tasks to a
 DaskTaskRunner (a local cluster by default, an existing scheduler with `dask_address`).
 Steps per take, each take a pipeline of its own that moves on as soon as its own step is done:
-ingest (probe and check the streams) → crop (portrait segments; a GPU step) → audio (vocal
-removal, sync offsets, dense landmarks, per-segment singing audio and BGM) → FLAME per-frame
+ingest (probe and check the streams) → crop (portrait segments and their dense landmarks; a GPU
+step) → audio (vocal removal, sync offsets, per-segment singing audio and BGM) → FLAME per-frame
 fits; per subject, beside the takes, the subject's scan (light-stage photogrammetry, or the
 lab's ready-made scan imported); then, joining the takes
 only because the method needs all of them, the subject's shape: the monocular mean of all
@@ -283,11 +283,10 @@ def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
                            result.video.first_pts_s, crop_refs, out), submitted)
     if not _ok(steps["audio"]):
         return steps
-    audio_refs = steps["audio"]["refs"]
-    steps["frames"] = yield from _step(
-        session_id, take.id, "flame frames", lambda: flame_fit.frames_done(out, crop_refs, audio_refs),
-        lambda: submit_gpu(flame_fit.frame_fits_task, str(root), session_id, take.id, take.video, crop_refs,
-                           audio_refs, out), submitted)
+    steps["frames"] = yield from _step(  # fits the crop's landmarks; a take without usable audio is not fitted
+        session_id, take.id, "flame frames", lambda: flame_fit.frames_done(out, crop_refs),
+        lambda: submit_gpu(flame_fit.frame_fits_task, str(root), session_id, take.id, take.video, crop_refs, out),
+        submitted)
     return steps
 
 

@@ -198,10 +198,7 @@ def _write_mkv(path: Path, frames: list[np.ndarray], which: np.ndarray, affine: 
 
     def canvas():
         for i in range(len(which)):
-            frame = wall.copy()
-            cv2.warpAffine(frames[which[i]], affine[i], (video.WIDTH, video.HEIGHT), dst=frame,
-                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
-            yield frame
+            yield video.paste_warped(frames[which[i]], affine[i], wall.copy())
 
     video.encode_kinect_mkv(path, canvas(), ffmpeg_exe(), 200_000_000, quality=6, track_uid=10**17 + seed * 7919 + 3)
 

@@ -129,18 +129,22 @@ def background(width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
 def render_frame(src: np.ndarray, wall: np.ndarray, motion: HeadMotion, i: int, frame=None) -> np.ndarray:
     """Draw the photo for frame i onto a copy of `wall` (or onto `frame` when given)."""
     frame = wall.copy() if frame is None else frame
-    photo = open_jaw(src, float(motion.jaw_px[i]))
-    m = motion.affine(i)
-    h, w = photo.shape[:2]
+    return paste_warped(open_jaw(src, float(motion.jaw_px[i])), motion.affine(i), frame)
+
+
+def paste_warped(image: np.ndarray, m: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """Warp `image` by the 2×3 affine `m` onto `frame` in place (bilinear, the frame shows through
+    outside the image). Only the image's bounding box in the frame is computed: a face moved over
+    a 4K canvas covers a fraction of it."""
+    h, w = image.shape[:2]
     corners = cv2.transform(np.array([[[0, 0], [w, 0], [0, h], [w, h]]], np.float64), m)[0]
     x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int), [frame.shape[1], frame.shape[0]])
     if x1 <= x0 or y1 <= y0:
         return frame
-    m_roi = m.copy()
+    m_roi = np.array(m, dtype=np.float64)
     m_roi[:, 2] -= [x0, y0]
-    roi = frame[y0:y1, x0:x1]
-    cv2.warpAffine(photo, m_roi, (x1 - x0, y1 - y0), dst=roi, flags=cv2.INTER_LINEAR,
+    cv2.warpAffine(image, m_roi, (x1 - x0, y1 - y0), dst=frame[y0:y1, x0:x1], flags=cv2.INTER_LINEAR,
                    borderMode=cv2.BORDER_TRANSPARENT)
     return frame
 

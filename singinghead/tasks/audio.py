@@ -1,8 +1,8 @@
 """Per-take audio: separation, synchronisation and the per-segment singing audio and BGM.
 
 For each take: the song is separated (cached per song), the dry vocal's song offset and the
-mic-vs-video offset are measured (tasks.audio_sync, the latter from dense landmarks of every
-portrait frame), and each portrait segment gets its dry vocal and BGM cut sample-accurately
+mic-vs-video offset are measured (tasks.audio_sync, the latter from the crop step's dense
+landmarks of every portrait frame), and each portrait segment gets its dry vocal and BGM cut sample-accurately
 from its source timestamps, written as 16 kHz mono float WAV.
 
 Every offset ends `measured` (a confident estimate; it replaces the capture log's value when they
@@ -14,6 +14,7 @@ value is used and the take is flagged, and the flag reaches the QA page and ever
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -31,10 +32,10 @@ from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
 from singinghead.tasks import audio_sync, syncnet, vocal_removal
-from singinghead.tasks.landmarks import dense_landmarks
 
 STEP = "audio"
-VERSION = "3"  # 2: every offset measured (confident) or unverified; 3: SyncNet when its weights are set
+VERSION = "4"  # 2: every offset measured (confident) or unverified; 3: SyncNet when its weights are set;
+# 4: the dense landmarks are the crop step's
 RELEASE_SR = 16_000
 FRAME_S = 1.0 / 30.0
 SILENT_DBFS = -50.0
@@ -115,19 +116,14 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
 
     rows = files.read_parquet(table_ref.url).to_pylist()
     crop_dir = table_ref.url.rsplit("/", 1)[0]
+    dense = _dense_landmarks(crop_refs)
     refs: list[ArtifactRef] = []
     mouths, faces = [], []
     for row in rows:
         times = np.asarray(row["timestamps_s"]) - first_pts_s
-        with files.local_path(files.join(crop_dir, row["video"])) as video:
-            dense = dense_landmarks(video)
-        mouths.append((times, dense.mouth_opening))
-        faces.append((files.join(crop_dir, row["video"]), times, dense.landmarks))
-        url = files.join(out_dir, row["video"].replace(".mp4", "_landmarks.npz"))
-        with files.atomic_output(url) as tmp:
-            np.savez_compressed(tmp, landmarks=dense.landmarks.astype(np.float32), confidence=dense.confidence,
-                                mouth_opening=dense.mouth_opening, eye_closure=dense.eye_closure)
-        refs.append(files.artifact_ref(url, kind="dense_landmarks", segment_index=row["segment_index"]))
+        with np.load(io.BytesIO(files.read_bytes(dense[row["segment_index"]].url))) as d:
+            mouths.append((times, d["mouth_opening"]))
+            faces.append((files.join(crop_dir, row["video"]), times, d["landmarks"].astype(np.float64)))
     if params["syncer"]["method"] == "syncnet":
         model = syncnet.load_syncnet(get_settings().syncnet_weights)
         with contextlib.ExitStack() as stack:
@@ -190,11 +186,17 @@ def audio_for_take(session_dir: str, session_id: str, take: Take, song_sha256: s
     return refs
 
 
+def _dense_landmarks(crop_refs: list[ArtifactRef]) -> dict[int, ArtifactRef]:
+    """The crop step's dense landmarks of each segment, by segment index."""
+    return {r.meta["segment_index"]: r for r in crop_refs if r.meta.get("kind") == "dense_landmarks"}
+
+
 def _catalog_identity(take: Take, song_sha256: str, mic_sha256: str, crop_refs: list[ArtifactRef],
                       backend: str | None) -> tuple[dict, dict]:
     """(params, inputs) that key the audio step of a take in the catalog."""
     table_ref = next(r for r in crop_refs if r.meta.get("kind") == "segments")
     inputs = {"song": song_sha256, "mic": mic_sha256, "segments": table_ref.sha256,
+              **{f"landmarks_{i:03d}": r.sha256 for i, r in sorted(_dense_landmarks(crop_refs).items())},
               "capture_log": json.dumps(take.capture_log.model_dump(), sort_keys=True)}
     return {"separation": vocal_removal.backend_id(backend), "syncer": syncer_id(), "release_sr": RELEASE_SR}, inputs
 

@@ -15,6 +15,10 @@ never decoded):
 
 Serialisation: one ffmpeg per segment on the original file (exact input seek on MJPEG, crop +
 scale filter, libx264 yuv420p), segments of a take encoded in parallel. No pixel loop in Python.
+
+Then every portrait frame gets its own 68 landmarks (tasks.landmarks, one NPZ beside each
+segment): they belong to the portrait video, so the audio step's sync and the FLAME fits read
+them, and a re-run of either (another mic, other sync weights) does not detect the faces again.
 """
 
 from __future__ import annotations
@@ -38,13 +42,13 @@ from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.segments import SEGMENT_SCHEMA, CropSummary, Cut, DroppedSequence
-from singinghead.schemas.settings import torch_device
 from singinghead.storage import files
-from singinghead.storage.assets import dlib_landmark_model, ffmpeg_exe
+from singinghead.storage.assets import ffmpeg_exe
 from singinghead.storage.catalog import Catalog, cache_key
+from singinghead.tasks.landmarks import FaceAnalyser, choose_face, dense_landmarks, face_analyser
 
 STEP = "crop"
-VERSION = "2"  # 2: segments end at the device's frame drops
+VERSION = "3"  # 2: segments end at the device's frame drops; 3: dense landmarks of every portrait frame
 EDGE_LANDMARKS = np.arange(0, 27)  # jaw contour 0–16, brows 17–26
 
 
@@ -80,96 +84,6 @@ class Segment:
     end_reason: str = "end of take"
     landmark_frames: list[int] = field(default_factory=list)
     landmarks: list[np.ndarray] = field(default_factory=list)  # (68, 2) source px each
-
-
-#: dlib's 68-point predictor was trained on the boxes of dlib's HOG face detector; MTCNN places
-#: its boxes differently (taller, higher on the face). Measured on the real talking clips (every
-#: 6th frame of five people where both detectors found one face, 120 frames; re-measured by
-#: tests/test_face_track.py): the HOG box keeps MTCNN's centre x, its centre sits 4.5 % of the
-#: MTCNN height lower, and it is 1.08 × as wide and 0.78 × as tall (per-clip spread ≈ 0.05).
-DLIB_BOX_FROM_MTCNN = {"dx": 0.0, "dy": 0.045, "width": 1.08, "height": 0.78}
-
-
-#: The same box from dlib's own 68 points (their bounds; measured likewise: centre x kept, centre
-#: 10.3 % of their height higher, 1.10 × their width, 1.02 × their height).
-DLIB_BOX_FROM_LANDMARKS = {"dx": 0.0, "dy": -0.103, "width": 1.10, "height": 1.02}
-
-
-def _scaled_box(x0: float, y0: float, x1: float, y1: float, m: dict) -> np.ndarray:
-    w, h = x1 - x0, y1 - y0
-    cx, cy = (x0 + x1) / 2 + m["dx"] * w, (y0 + y1) / 2 + m["dy"] * h
-    hw, hh = m["width"] * w / 2, m["height"] * h / 2
-    return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
-
-
-def dlib_box(mtcnn_box: np.ndarray) -> np.ndarray:
-    """The box dlib's predictor expects for a face MTCNN found (x0, y0, x1, y1)."""
-    return _scaled_box(*np.asarray(mtcnn_box, dtype=np.float64)[:4], DLIB_BOX_FROM_MTCNN)
-
-
-def dlib_box_of_landmarks(lmk: np.ndarray) -> np.ndarray:
-    """The box dlib's predictor expects for a face whose 68 points are `lmk`."""
-    return _scaled_box(*lmk.min(axis=0), *lmk.max(axis=0), DLIB_BOX_FROM_LANDMARKS)
-
-
-class FaceAnalyser:
-    """MTCNN for face boxes, dlib for 68 landmarks. Built once per worker process."""
-
-    def __init__(self, device: str = "auto"):
-        import dlib
-        from facenet_pytorch import MTCNN
-
-        device = torch_device(None if device == "auto" else device)  # auto: SINGINGHEAD_DEVICE
-        # Whole frames: faces from 40 px up. Crops: the face fills about half the crop, so a
-        # 256 px input with 64 px minimum faces keeps MTCNN's image pyramid to three levels.
-        self.mtcnn = MTCNN(keep_all=True, device=device, post_process=False, min_face_size=40)
-        self.mtcnn_crop = MTCNN(keep_all=True, device=device, post_process=False, min_face_size=64)
-        self.predictor = dlib.shape_predictor(dlib_landmark_model())
-        self._dlib = dlib
-
-    def detect(self, rgb: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Face boxes (N, 4: x0, y0, x1, y1) and probabilities (N,) in `rgb`'s pixels.
-
-        With `width`, the image is first shrunk to that width (crop mode, faster pyramid).
-        """
-        scale = min(1.0, width / rgb.shape[1]) if width else 1.0
-        small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
-        boxes, probs = (self.mtcnn_crop if width else self.mtcnn).detect(small)
-        if boxes is None:
-            return np.zeros((0, 4)), np.zeros(0)
-        return np.asarray(boxes, dtype=np.float64) / scale, np.asarray(probs, dtype=np.float64)
-
-    def landmarks(self, rgb: np.ndarray, mtcnn_box: np.ndarray) -> np.ndarray:
-        """dlib's 68 points (x, y) for a face MTCNN found, in the box convention dlib was trained on;
-        then once more in the box those points imply (on this frame only: an odd MTCNN box, e.g.
-        one that takes in the hair, is corrected; a good one gives the same points)."""
-        lmk = self._predict(rgb, dlib_box(mtcnn_box))
-        return self._predict(rgb, dlib_box_of_landmarks(lmk))
-
-    def _predict(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
-        shape = self.predictor(rgb, self._dlib.rectangle(*(int(round(v)) for v in box)))
-        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-
-
-_ANALYSERS: dict[str, FaceAnalyser] = {}
-
-
-def face_analyser(device: str = "auto") -> FaceAnalyser:
-    if device not in _ANALYSERS:
-        _ANALYSERS[device] = FaceAnalyser(device)
-    return _ANALYSERS[device]
-
-
-def choose_face(boxes: np.ndarray, probs: np.ndarray, width: int, height: int, min_score: float) -> int | None:
-    """Index of the subject's face: the largest confident box; ties go to the most central."""
-    keep = np.flatnonzero(probs >= min_score)
-    if len(keep) == 0:
-        return None
-    areas = (boxes[keep, 2] - boxes[keep, 0]) * (boxes[keep, 3] - boxes[keep, 1])
-    centres = (boxes[keep, :2] + boxes[keep, 2:]) / 2
-    off_centre = np.hypot(centres[:, 0] - width / 2, centres[:, 1] - height / 2)
-    order = np.lexsort((off_centre, -np.round(areas / areas.max(), 2)))
-    return int(keep[order[0]])
 
 
 def crop_box(face: np.ndarray, width: int, height: int, p: CropParams) -> tuple[int, int, int]:
@@ -387,6 +301,22 @@ def crop_take(video: str | Path, take_id: str, out_dir: str, p: CropParams) -> l
     return refs
 
 
+def segment_landmarks(refs: list[ArtifactRef], out_dir: str, device: str = "auto") -> list[ArtifactRef]:
+    """Dense landmarks of every portrait segment in `refs`: `<segment>_landmarks.npz` beside it."""
+    out = []
+    for ref in refs:
+        if ref.meta.get("kind") != "portrait_video":
+            continue
+        with files.local_path(ref.url) as video:
+            dense = dense_landmarks(video, device=device)
+        url = files.join(out_dir, ref.url.rsplit("/", 1)[-1].replace(".mp4", "_landmarks.npz"))
+        with files.atomic_output(url) as tmp:
+            np.savez_compressed(tmp, landmarks=dense.landmarks.astype(np.float32), confidence=dense.confidence,
+                                mouth_opening=dense.mouth_opening, eye_closure=dense.eye_closure)
+        out.append(files.artifact_ref(url, kind="dense_landmarks", segment_index=ref.meta["segment_index"]))
+    return out
+
+
 def _catalog_params(p: CropParams) -> dict:
     """Parameters that change the output (not how many encoders run, nor the device)."""
     return {k: v for k, v in p.as_dict().items() if k not in ("encode_workers", "device")}
@@ -400,7 +330,8 @@ def done_outputs(out: str, video_sha256: str, params: CropParams | None = None) 
 
 def crop_for_take(session_dir: str, session_id: str, take_id: str, video_rel: str, video_sha256: str, out: str,
                   params: CropParams | None = None) -> list[ArtifactRef]:
-    """Catalog-aware crop of one take (skips when done with the same video, version and params)."""
+    """Catalog-aware crop of one take: portrait segments and their dense landmarks (skips when done
+    with the same video, version and params)."""
     p = params or CropParams()
     catalog = Catalog(out)
     inputs = {"video": video_sha256}
@@ -411,6 +342,7 @@ def crop_for_take(session_dir: str, session_id: str, take_id: str, video_rel: st
     key = cache_key(STEP, VERSION, settings, inputs)
     out_dir = files.join(out, "sessions", session_id, "takes", take_id, STEP, key[:16])
     refs = crop_take(Path(session_dir) / video_rel, take_id, out_dir, p)
+    refs += segment_landmarks(refs, out_dir, p.device)
     catalog.record(STEP, VERSION, settings, inputs, refs, meta={"session_id": session_id, "take_id": take_id})
     return refs
 

@@ -312,22 +312,23 @@ def _segment_rows(crop_refs: list[ArtifactRef]) -> tuple[list[dict], str]:
     return files.read_parquet(table.url).to_pylist(), table.sha256
 
 
-def _frames_identity(out: str, crop_refs: list[ArtifactRef], audio_refs: list[ArtifactRef]) -> tuple[dict, dict]:
+def _frames_identity(out: str, crop_refs: list[ArtifactRef]) -> tuple[dict, dict]:
     _, table_sha = _segment_rows(crop_refs)
-    dense = _by_segment(audio_refs, "dense_landmarks")
+    dense = _by_segment(crop_refs, "dense_landmarks")
     inputs = {"segments": table_sha, **{f"landmarks_{i:03d}": r.sha256 for i, r in sorted(dense.items())}}
     return {"flame": model_id(flame_folder(out))}, inputs
 
 
-def frames_done(out: str, crop_refs: list[ArtifactRef], audio_refs: list[ArtifactRef]) -> list[ArtifactRef] | None:
-    done = Catalog(out).lookup(STEP_FRAMES, VERSION, *_frames_identity(out, crop_refs, audio_refs))
+def frames_done(out: str, crop_refs: list[ArtifactRef]) -> list[ArtifactRef] | None:
+    done = Catalog(out).lookup(STEP_FRAMES, VERSION, *_frames_identity(out, crop_refs))
     return done.outputs if done is not None else None
 
 
 def frame_fits_for_take(session_dir: str, session_id: str, take_id: str, video_rel: str,
-                        crop_refs: list[ArtifactRef], audio_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
-    """Monocular per-frame FLAME fits of every segment of a take (one NPZ per segment)."""
-    params, inputs = _frames_identity(out, crop_refs, audio_refs)
+                        crop_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
+    """Monocular per-frame FLAME fits of every segment of a take (one NPZ per segment), to the crop
+    step's dense landmarks."""
+    params, inputs = _frames_identity(out, crop_refs)
     catalog = Catalog(out)
     done = catalog.lookup(STEP_FRAMES, VERSION, params, inputs)
     if done is not None:
@@ -339,7 +340,7 @@ def frame_fits_for_take(session_dir: str, session_id: str, take_id: str, video_r
     with KinectRecording(Path(session_dir) / video_rel) as rec:
         calib = rec.calibration()
     rows, _ = _segment_rows(crop_refs)
-    dense = _by_segment(audio_refs, "dense_landmarks")
+    dense = _by_segment(crop_refs, "dense_landmarks")
     refs = []
     for row in rows:
         d = _load_npz(dense[row["segment_index"]].url)
@@ -480,8 +481,8 @@ def read_motion(url: str) -> tuple[pa.Table, np.ndarray]:
 
 @task(name="flame-frames", task_run_name="flame-frames-{take_id}", retries=1, retry_delay_seconds=2)
 def frame_fits_task(session_dir: str, session_id: str, take_id: str, video_rel: str, crop_refs: list[ArtifactRef],
-                    audio_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
-    return frame_fits_for_take(session_dir, session_id, take_id, video_rel, crop_refs, audio_refs, out)
+                    out: str) -> list[ArtifactRef]:
+    return frame_fits_for_take(session_dir, session_id, take_id, video_rel, crop_refs, out)
 
 
 @task(name="flame-sequence", task_run_name="flame-sequence-{take_id}", retries=1,

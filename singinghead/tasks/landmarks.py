@@ -1,9 +1,11 @@
-"""Dense per-frame 68-point landmarks on portrait segments, with mouth opening and eye closure.
+"""Faces and their 68 landmarks: MTCNN boxes, dlib's predictor in the box convention it was
+trained on, and the dense per-frame landmarks of portrait segments (the crop step's, read by the
+audio step's sync and the FLAME fits), with mouth opening and eye closure.
 
 Every frame's landmarks come from a face found on that frame: MTCNN on the work image (512² by
 default), searched first in a window twice the size of the last face (cheap), over the whole
 frame when the face is not there; dlib's 68-point predictor then runs in the box convention it
-was trained on (`crop.dlib_box`). Nothing carries over between frames but where to look first,
+was trained on (`dlib_box`). Nothing carries over between frames but where to look first,
 so an error cannot feed itself (the earlier tracker took each box from the previous frame's
 landmarks and drifted off moving faces). A frame without a face is NaN with confidence 0, never
 a copy of its neighbour. Confidence = MTCNN's probability × how well the 68 points fill the box
@@ -22,7 +24,98 @@ import cv2
 import numpy as np
 
 from singinghead.features.face import eye_closure
-from singinghead.tasks.crop import choose_face, dlib_box, face_analyser
+from singinghead.schemas.settings import torch_device
+from singinghead.storage.assets import dlib_landmark_model
+
+#: dlib's 68-point predictor was trained on the boxes of dlib's HOG face detector; MTCNN places
+#: its boxes differently (taller, higher on the face). Measured on the real talking clips (every
+#: 6th frame of five people where both detectors found one face, 120 frames; re-measured by
+#: tests/test_face_track.py): the HOG box keeps MTCNN's centre x, its centre sits 4.5 % of the
+#: MTCNN height lower, and it is 1.08 × as wide and 0.78 × as tall (per-clip spread ≈ 0.05).
+DLIB_BOX_FROM_MTCNN = {"dx": 0.0, "dy": 0.045, "width": 1.08, "height": 0.78}
+
+
+#: The same box from dlib's own 68 points (their bounds; measured likewise: centre x kept, centre
+#: 10.3 % of their height higher, 1.10 × their width, 1.02 × their height).
+DLIB_BOX_FROM_LANDMARKS = {"dx": 0.0, "dy": -0.103, "width": 1.10, "height": 1.02}
+
+
+def _scaled_box(x0: float, y0: float, x1: float, y1: float, m: dict) -> np.ndarray:
+    w, h = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2 + m["dx"] * w, (y0 + y1) / 2 + m["dy"] * h
+    hw, hh = m["width"] * w / 2, m["height"] * h / 2
+    return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
+
+
+def dlib_box(mtcnn_box: np.ndarray) -> np.ndarray:
+    """The box dlib's predictor expects for a face MTCNN found (x0, y0, x1, y1)."""
+    return _scaled_box(*np.asarray(mtcnn_box, dtype=np.float64)[:4], DLIB_BOX_FROM_MTCNN)
+
+
+def dlib_box_of_landmarks(lmk: np.ndarray) -> np.ndarray:
+    """The box dlib's predictor expects for a face whose 68 points are `lmk`."""
+    return _scaled_box(*lmk.min(axis=0), *lmk.max(axis=0), DLIB_BOX_FROM_LANDMARKS)
+
+
+class FaceAnalyser:
+    """MTCNN for face boxes, dlib for 68 landmarks. Built once per worker process."""
+
+    def __init__(self, device: str = "auto"):
+        import dlib
+        from facenet_pytorch import MTCNN
+
+        device = torch_device(None if device == "auto" else device)  # auto: SINGINGHEAD_DEVICE
+        # Whole frames: faces from 40 px up. Crops: the face fills about half the crop, so a
+        # 256 px input with 64 px minimum faces keeps MTCNN's image pyramid to three levels.
+        self.mtcnn = MTCNN(keep_all=True, device=device, post_process=False, min_face_size=40)
+        self.mtcnn_crop = MTCNN(keep_all=True, device=device, post_process=False, min_face_size=64)
+        self.predictor = dlib.shape_predictor(dlib_landmark_model())
+        self._dlib = dlib
+
+    def detect(self, rgb: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Face boxes (N, 4: x0, y0, x1, y1) and probabilities (N,) in `rgb`'s pixels.
+
+        With `width`, the image is first shrunk to that width (crop mode, faster pyramid).
+        """
+        scale = min(1.0, width / rgb.shape[1]) if width else 1.0
+        small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        boxes, probs = (self.mtcnn_crop if width else self.mtcnn).detect(small)
+        if boxes is None:
+            return np.zeros((0, 4)), np.zeros(0)
+        return np.asarray(boxes, dtype=np.float64) / scale, np.asarray(probs, dtype=np.float64)
+
+    def landmarks(self, rgb: np.ndarray, mtcnn_box: np.ndarray) -> np.ndarray:
+        """dlib's 68 points (x, y) for a face MTCNN found, in the box convention dlib was trained on;
+        then once more in the box those points imply (on this frame only: an odd MTCNN box, e.g.
+        one that takes in the hair, is corrected; a good one gives the same points)."""
+        lmk = self._predict(rgb, dlib_box(mtcnn_box))
+        return self._predict(rgb, dlib_box_of_landmarks(lmk))
+
+    def _predict(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        shape = self.predictor(rgb, self._dlib.rectangle(*(int(round(v)) for v in box)))
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+
+_ANALYSERS: dict[str, FaceAnalyser] = {}
+
+
+def face_analyser(device: str = "auto") -> FaceAnalyser:
+    if device not in _ANALYSERS:
+        _ANALYSERS[device] = FaceAnalyser(device)
+    return _ANALYSERS[device]
+
+
+def choose_face(boxes: np.ndarray, probs: np.ndarray, width: int, height: int, min_score: float) -> int | None:
+    """Index of the subject's face: the largest confident box; ties go to the most central."""
+    keep = np.flatnonzero(probs >= min_score)
+    if len(keep) == 0:
+        return None
+    areas = (boxes[keep, 2] - boxes[keep, 0]) * (boxes[keep, 3] - boxes[keep, 1])
+    centres = (boxes[keep, :2] + boxes[keep, 2:]) / 2
+    off_centre = np.hypot(centres[:, 0] - width / 2, centres[:, 1] - height / 2)
+    order = np.lexsort((off_centre, -np.round(areas / areas.max(), 2)))
+    return int(keep[order[0]])
+
 
 CROP_DETECT_WIDTH = 256  # MTCNN input width of the search window (the face fills about half of it)
 

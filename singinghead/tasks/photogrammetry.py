@@ -297,7 +297,7 @@ def _viewing_centre(cameras: list[RigCamera]) -> np.ndarray:
 def detect_view_landmarks(rig: LightStageRig, device: str = "auto", min_score: float = 0.95
                           ) -> dict[str, np.ndarray]:
     """dlib 68 points (undistorted pixels) in every view where MTCNN finds one confident face."""
-    from singinghead.tasks.crop import face_analyser
+    from singinghead.tasks.landmarks import face_analyser
 
     analyser = face_analyser(device)
     found = {}

@@ -34,7 +34,7 @@ from singinghead.schemas.manifest import LightStage
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog, cache_key
 from singinghead.tasks import photogrammetry
-from singinghead.tasks.crop import face_analyser
+from singinghead.tasks.landmarks import face_analyser
 
 STEP = "scan_import"
 VERSION = "1"
