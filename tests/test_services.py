@@ -111,7 +111,8 @@ def services(s3, tmp_path_factory):
     api = f"http://127.0.0.1:{api_port}/api"
     env = dict(os.environ, PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-               PREFECT_UI_ENABLED="false", PREFECT_API_URL=api, SINGINGHEAD_DASK_GPU_RESOURCE="true")
+               PREFECT_UI_ENABLED="false", PREFECT_API_URL=api, SINGINGHEAD_DASK_GPU_RESOURCE="true",
+               PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS="2")  # as docker-compose.yml sets it
     logs = [open(home / f"{name}.log", "wb") for name in ("prefect", "scheduler", "worker0", "worker1")]  # noqa: SIM115
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                                str(api_port)], env=env, stdout=logs[0], stderr=logs[0])
