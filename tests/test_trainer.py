@@ -86,7 +86,7 @@ def _log(run: Path) -> list[dict]:
 
 
 def test_tiny_model_overfits(release, tmp_path, monkeypatch):
-    cfg = TrainConfig(data=release, out=str(tmp_path / "run"), model=TINY, epochs=1000, max_steps=300,
+    cfg = TrainConfig(data=release, out=str(tmp_path / "run"), model=TINY, epochs=1000, max_steps=200,
                       batch_size=2, lr=5e-3, warmup_steps=5, checkpoint_every=1000)
     train(cfg, progress=False)
     losses = [float(r["loss"]) for r in _log(tmp_path / "run")]
