@@ -45,6 +45,13 @@ def test_frechet_distance_of_known_gaussians():
     rng = np.random.default_rng(0)
     a, b = rng.normal(0, 1, (4000, 3)), rng.normal(0.5, 1, (4000, 3))
     assert image.fid(a, b) == pytest.approx(3 * 0.25, abs=0.08)
+    # Covariances that do not commute, one of them singular: against scipy's general sqrtm.
+    from scipy.linalg import sqrtm
+
+    x, y = rng.normal(size=(6, 6)), rng.normal(size=(6, 4))
+    s1, s2 = x @ x.T, y @ y.T
+    expected = 3 * 4.0 + np.trace(s1 + s2 - 2 * sqrtm(s1 @ s2).real)
+    assert image.frechet_distance(mu1.repeat(3), s1, mu2.repeat(3), s2) == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_is_disabled_without_a_backbone():

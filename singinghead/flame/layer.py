@@ -12,12 +12,20 @@ Rotations are axis-angle, converted with roma. Pose order (FLAME): global, neck,
 from __future__ import annotations
 
 import numpy as np
-import roma
 import torch
 from smplx.lbs import lbs, vertices2landmarks
 from torch import nn
 
 from singinghead.flame.model import FlameModel
+
+
+def rotvec_to_rotmat(rotvec: torch.Tensor) -> torch.Tensor:
+    """Axis-angle (..., 3) → rotation matrices (..., 3, 3), by roma. roma is imported on first use:
+    importing it imports torch._dynamo (4–8 s on 2 cores), which a process that only runs the
+    flows (the serving process, a flow run's process) never needs."""
+    import roma
+
+    return roma.rotvec_to_rotmat(rotvec)
 
 
 class FlameLayer(nn.Module):
@@ -92,7 +100,7 @@ class FlameLayer(nn.Module):
         betas = torch.cat([shape, expression], dim=1)
         v = self.v_template[subset] + torch.einsum("vck,bk->bvc", self.shapedirs[subset], betas)
         joints = torch.addmm(self.j_template.flatten(), betas, self.j_dirs).view(b, -1, 3)
-        rot = roma.rotvec_to_rotmat(self.pose(global_orient, neck, jaw).view(b, -1, 3))
+        rot = rotvec_to_rotmat(self.pose(global_orient, neck, jaw).view(b, -1, 3))
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
         n_v = self.v_template.shape[0]
         posedirs = self.posedirs.view(-1, n_v, 3)[:, subset].reshape(self.posedirs.shape[0], -1)
@@ -151,7 +159,7 @@ class FlameLayer(nn.Module):
             joints = torch.addmm(self.j_template.flatten(), betas, self.j_dirs)
         # Closed eyes-in-head rotations (None) are the identity: no pose correctives, no rotation.
         pose = torch.stack([global_orient, neck, jaw] + ([] if eyes is None else [eyes[:, :3], eyes[:, 3:]]), 1)
-        rot = roma.rotvec_to_rotmat(pose)  # (B, 3 or 5, 3, 3)
+        rot = rotvec_to_rotmat(pose)  # (B, 3 or 5, 3, 3)
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
         n_feat = (rot.shape[1] - 1) * 9
         p = p + self.p_posedirs[:, :n_feat] @ (rot[:, 1:] - eye).reshape(b, -1).T  # (68·J·3, B)

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 import dask
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
@@ -49,6 +48,8 @@ def prefect_api() -> Iterator[str]:
         with _exported("PREFECT_API_URL", url):
             yield url
         return
+    from prefect.server.api.server import SubprocessASGIServer  # the server's modules: only when we start one
+
     server = SubprocessASGIServer()
     server.start()
     try:

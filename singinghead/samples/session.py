@@ -41,7 +41,7 @@ from singinghead.schemas.manifest import (
 )
 from singinghead.storage.assets import ffmpeg_exe
 
-GENERATOR_VERSION = "7"  # 7: frame drops (ground truth `recorded`)
+GENERATOR_VERSION = "8"  # 7: frame drops (ground truth `recorded`); 8: speckle in float32
 MIC_SR, SONG_SR = 48_000, 44_100
 
 #: Per take: song metadata, leans [(s, Δx px)], log offsets, and the log's error on video→mic.

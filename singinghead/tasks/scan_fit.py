@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import open3d as o3d
-import roma
 import torch
 from prefect import task
 
-from singinghead.flame.layer import FlameLayer
+from singinghead.flame.layer import FlameLayer, rotvec_to_rotmat
 from singinghead.flame.model import load_flame
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.settings import torch_device
@@ -144,7 +143,7 @@ def fit_scan(layer: FlameLayer, scan_points: np.ndarray, scan_landmarks: np.ndar
 
     def posed():
         verts, lmk = layer(shape, expr, zeros3, zeros3, jaw)
-        R = roma.rotvec_to_rotmat(rot) @ R0t
+        R = rotvec_to_rotmat(rot) @ R0t
         return s * verts[0] @ R.T + trans, s * lmk[0] @ R.T + trans
 
     for _ in range(steps):
@@ -167,7 +166,7 @@ def fit_scan(layer: FlameLayer, scan_points: np.ndarray, scan_landmarks: np.ndar
     verts, lmk = to_numpy(verts), to_numpy(lmk)
     d = scan_distance(scan_points, verts, faces) * 1000.0
     lmk_err = np.linalg.norm(lmk[STATIC] - scan_landmarks[STATIC], axis=1) * 1000.0
-    R = to_numpy(roma.rotvec_to_rotmat(rot)) @ R0
+    R = to_numpy(rotvec_to_rotmat(rot)) @ R0
     report = {
         "scan_points_used": int(len(queries)), "scale": s, "landmark_scale_measured": measured_scale,
         "scan_to_mesh_mm": {f"p{p}": float(np.percentile(d, p)) for p in (50, 75, 90, 95, 99)},
