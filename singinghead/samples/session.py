@@ -20,6 +20,7 @@ import dataclasses
 import json
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,15 @@ def build_sample_session(
     ffmpeg = ffmpeg_exe()
     n_frames = int(round(duration_s * video.FPS))
     takes, gt_takes = [], {}
+    # The videos and the light stage are rendered two at a time (OpenCV, numpy and ffmpeg work
+    # outside the GIL); what draws from `rng` stays in order, so the session is the same.
+    pool, jobs = ThreadPoolExecutor(max_workers=2), {}
+    if light_stage:  # the longest job first
+        with tempfile.TemporaryDirectory() as tmp:
+            model = load_flame(write_model(tmp))
+        true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
+        jobs["light stage"] = pool.submit(light_stage_sample.write_light_stage, out / "light_stage", model,
+                                          true_shape, gt_dir, scan)
     for k, spec in enumerate(TAKES[:n_takes]):
         take_dir = out / "takes" / spec["id"]
         take_dir.mkdir(parents=True, exist_ok=True)
@@ -155,8 +165,8 @@ def build_sample_session(
                                      canvas_scale=width / video.WIDTH)
         start_offset_ns = 200_000_000 + 1_000_000 * k
         dropped = _dropped_frames(n_frames, frame_drops, np.random.default_rng([seed, k, 17]))
-        video.write_kinect_mkv(take_dir / "kinect.mkv", motion, ffmpeg, start_offset_ns, seed=seed * 10 + k,
-                               color_mode=color_mode, dropped=dropped)
+        jobs[spec["id"]] = pool.submit(video.write_kinect_mkv, take_dir / "kinect.mkv", motion, ffmpeg,
+                                       start_offset_ns, seed=seed * 10 + k, color_mode=color_mode, dropped=dropped)
         recorded = np.ones(n_frames, bool)
         recorded[dropped] = False
 
@@ -186,17 +196,13 @@ def build_sample_session(
                       "song_accompaniment": f"{spec['id']}_song_accompaniment.wav",
                       "frames": f"{spec['id']}_frames.npz"},
         }
-        if on_take:
-            on_take(spec["id"])
 
-    gt_light_stage = None
-    if light_stage:
-        with tempfile.TemporaryDirectory() as tmp:
-            model = load_flame(write_model(tmp))
-        true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
-        gt_light_stage = light_stage_sample.write_light_stage(out / "light_stage", model, true_shape, gt_dir, scan)
-        if on_take:
-            on_take("light stage")
+    with pool:
+        for name, job in sorted(jobs.items(), key=lambda item: item[0] == "light stage"):  # takes first
+            job.result()
+            if on_take:
+                on_take(name)
+    gt_light_stage = jobs["light stage"].result() if light_stage else None
     manifest = SessionManifest(
         session_id=f"sample{seed:03d}",
         subject=Subject(id=f"astronaut{seed:03d}", level="professional", gender="female"),
