@@ -104,31 +104,3 @@ def test_a_pipelines_tasks_carry_its_dask_priority(prefect_harness):
 
     results = takes()
     assert {k: r["refs"] for k, r in results.items()} == {"long": 2, "short": 1, "plain": 0}
-
-
-def test_a_step_waits_for_a_free_worker_rather_than_behind_a_busy_one(tmp_path, prefect_harness):
-    """Two workers. Take L's one step runs until take B's second step has run; takes A and B have
-    short steps. Handed to Dask all at once, B's first step could be placed behind L on L's
-    worker (Dask does not move it later: in the sample session a worker idled 57 s that way),
-    and L would wait for B forever. The driver submits a step only when a worker thread is free,
-    so B's steps go to the worker A's step has left."""
-    flag = str(tmp_path / "flag")
-    submitted = {"one": [], "two": []}
-
-    def long_take():
-        return (yield from _step("s", "L", "one", lambda: None, lambda: wait_for.submit(flag, 60.0), submitted))
-
-    def short_take():
-        return (yield from _step("s", "A", "one", lambda: None, lambda: first_step.submit(1), submitted))
-
-    def signalling_take():
-        yield from _step("s", "B", "one", lambda: None, lambda: first_step.submit(2), submitted)
-        return (yield from _step("s", "B", "two", lambda: None, lambda: signal.submit(flag), submitted))
-
-    @flow(task_runner=task_runner())
-    def takes() -> dict:
-        return run_pipelines({"L": long_take(), "A": short_take(), "B": signalling_take()}, {"L": 1})
-
-    results = takes()
-    assert results == {"L": {"status": "ok", "refs": flag}, "A": {"status": "ok", "refs": 1},
-                       "B": {"status": "ok", "refs": flag}}

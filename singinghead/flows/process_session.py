@@ -32,10 +32,8 @@ import distributed
 from distributed import LocalCluster
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
 from singinghead.flows.runtime import Listeners, local_cluster_kwargs, prefect_api, submit_gpu, task_runner
 from singinghead.schemas.artifacts import IngestReport, RawFile, TakeIngest
@@ -187,17 +185,16 @@ _tell = _PROGRESS.tell
 
 
 def _step(session_id: str, take_id: str, step: str, done: Callable[[], object], submit: Callable[[], PrefectFuture],
-          submitted: dict[str, list[str]]) -> Generator[Callable[[], PrefectFuture], object, dict]:
+          submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
     """One step of one take, expressed once for all steps: its catalogued outputs when it is done
-    already, else its task's `submit` yielded to the driver (`run_pipelines`, which submits it when a
-    worker is free) and its result awaited. A failure is recorded and logged, never raised: that
-    take stops, the others go on."""
+    already, else its task submitted, yielded to the driver (`run_pipelines`) and awaited. A
+    failure is recorded and logged, never raised: that take stops, the others go on."""
     try:
         refs = done()
         if refs is None:
             submitted[step].append(take_id)
             _tell(session_id, take_id, step, "submitted")
-            refs = yield submit
+            refs = yield submit()
             if isinstance(refs, Exception):
                 raise refs
             _tell(session_id, take_id, step, "done")
@@ -210,45 +207,28 @@ def _step(session_id: str, take_id: str, step: str, done: Callable[[], object], 
         return {"status": "failed", "problem": str(exc)}
 
 
-def run_pipelines(pipelines: dict[str, Generator[Callable[[], PrefectFuture], object, object]],
+def run_pipelines(pipelines: dict[str, Generator[PrefectFuture, object, object]],
                   priority: dict[str, int] | None = None) -> dict[str, object]:
-    """Drive several pipelines at once. Each is a generator that yields a callable submitting the
-    task it waits for, and is sent that task's result (or the exception); it moves on as soon as
-    its own task finishes, whatever the others are doing. Returns what each pipeline returned, in
-    the pipelines' order (not the order they finished in: what is computed from the results must
-    not depend on timing).
-
-    At most as many tasks are out as the cluster has threads; the others wait here, highest
-    `priority` first (and carry it to Dask). Dask places a task on a worker as soon as it is
-    submitted and does not move it later: a take's next step queued behind another take's long
-    step would wait while another worker sits idle."""
+    """Drive several pipelines at once. Each is a generator that yields the task future it waits
+    for and is sent its result (or the exception); it moves on as soon as its own task finishes,
+    whatever the others are doing. A pipeline's tasks carry its Dask `priority` (higher runs
+    first when workers are busy). Returns what each pipeline returned, in the pipelines' order
+    (not the order they finished in: what is computed from the results must not depend on timing)."""
     results: dict[str, object] = {}
     waiting: dict = {}  # the task runner's own future → (pipeline, Prefect future)
-    ready: list[tuple[str, Callable[[], PrefectFuture]]] = []  # submits waiting for a free thread
     priority = priority or {}
 
     def advance(key: str, value: object) -> None:
         try:
-            ready.append((key, pipelines[key].send(value)))
+            with dask.annotate(priority=priority.get(key, 0)):  # whatever the pipeline submits now
+                future = pipelines[key].send(value)
         except StopIteration as stop:
             results[key] = stop.value
-
-    def submit_ready() -> None:
-        ready.sort(key=lambda item: -priority.get(item[0], 0))  # stable: the pipelines' order among equals
-        slots = _cluster_threads() or len(ready) + len(waiting)
-        while ready and len(waiting) < slots:
-            key, submit = ready.pop(0)
-            try:
-                with dask.annotate(priority=priority.get(key, 0)):
-                    future = submit()
-            except Exception as exc:  # the pipeline records it as its step's failure
-                advance(key, exc)
-                continue
-            waiting[future.wrapped_future] = (key, future)
+            return
+        waiting[future.wrapped_future] = (key, future)
 
     for key in pipelines:
         advance(key, None)
-    submit_ready()
     while waiting:
         first = next(iter(waiting))
         if isinstance(first, distributed.Future):
@@ -263,18 +243,7 @@ def run_pipelines(pipelines: dict[str, Generator[Callable[[], PrefectFuture], ob
             except Exception as exc:
                 value = exc
             advance(key, value)
-        submit_ready()
     return {key: results[key] for key in pipelines}
-
-
-def _cluster_threads() -> int | None:
-    """How many tasks the flow's Dask cluster runs at once (its workers' threads, asked anew: a
-    lab's cluster may scale), or None when that is not known (no worker yet, or another runner)."""
-    context = FlowRunContext.get()
-    runner = context.task_runner if context is not None else None
-    if not isinstance(runner, DaskTaskRunner):
-        return None
-    return sum(runner.client.nthreads().values()) or None
 
 
 def _ok(result: dict | None) -> bool:
@@ -282,7 +251,7 @@ def _ok(result: dict | None) -> bool:
 
 
 def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
-                  submitted: dict[str, list[str]]) -> Generator[Callable[[], PrefectFuture], object, dict]:
+                  submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
     """ingest → crop → audio → per-frame FLAME of one take, each step as soon as this take's own
     inputs are ready (a long take never holds a short one back). Returns the steps' results."""
     raw = _raw_files(catalog, root, take)

@@ -131,73 +131,73 @@ def build_sample_session(
     takes, gt_takes = [], {}
     # The videos and the light stage are rendered two at a time (OpenCV, numpy and ffmpeg work
     # outside the GIL); what draws from `rng` stays in order, so the session is the same.
-    pool, jobs = ThreadPoolExecutor(max_workers=2), {}
-    if light_stage:  # the longest job first
-        with tempfile.TemporaryDirectory() as tmp:
-            model = load_flame(write_model(tmp))
-        true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
-        jobs["light stage"] = pool.submit(light_stage_sample.write_light_stage, out / "light_stage", model,
-                                          true_shape, gt_dir, scan)
-    for k, spec in enumerate(TAKES[:n_takes]):
-        take_dir = out / "takes" / spec["id"]
-        take_dir.mkdir(parents=True, exist_ok=True)
-        song_vocals, accomp, dry, mouth = _take_audio(spec, duration_s, rng)
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        if light_stage:  # the longest job first
+            with tempfile.TemporaryDirectory() as tmp:
+                model = load_flame(write_model(tmp))
+            true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
+            jobs["light stage"] = pool.submit(light_stage_sample.write_light_stage, out / "light_stage", model,
+                                              true_shape, gt_dir, scan)
+        for k, spec in enumerate(TAKES[:n_takes]):
+            take_dir = out / "takes" / spec["id"]
+            take_dir.mkdir(parents=True, exist_ok=True)
+            song_vocals, accomp, dry, mouth = _take_audio(spec, duration_s, rng)
 
-        # Mix like a record: the accompaniment as loud (RMS) as the voice, peaks below full scale.
-        accomp = accomp * np.sqrt(np.mean(song_vocals**2) / np.mean(accomp**2))
-        gain = 0.9 / np.abs(song_vocals + accomp).max()
-        song_vocals, accomp = (song_vocals * gain).astype(np.float32), (accomp * gain).astype(np.float32)
-        song = song_vocals + accomp
-        sf.write(out / "songs" / f"{spec['id']}.flac", song, SONG_SR, subtype="PCM_24")
-        sf.write(gt_dir / f"{spec['id']}_song_vocals.wav", song_vocals, SONG_SR, subtype="FLOAT")
-        sf.write(gt_dir / f"{spec['id']}_song_accompaniment.wav", accomp, SONG_SR, subtype="FLOAT")
-        sf.write(take_dir / "mic.wav", dry, MIC_SR, subtype="PCM_24")
+            # Mix like a record: the accompaniment as loud (RMS) as the voice, peaks below full scale.
+            accomp = accomp * np.sqrt(np.mean(song_vocals**2) / np.mean(accomp**2))
+            gain = 0.9 / np.abs(song_vocals + accomp).max()
+            song_vocals, accomp = (song_vocals * gain).astype(np.float32), (accomp * gain).astype(np.float32)
+            song = song_vocals + accomp
+            sf.write(out / "songs" / f"{spec['id']}.flac", song, SONG_SR, subtype="PCM_24")
+            sf.write(gt_dir / f"{spec['id']}_song_vocals.wav", song_vocals, SONG_SR, subtype="FLOAT")
+            sf.write(gt_dir / f"{spec['id']}_song_accompaniment.wav", accomp, SONG_SR, subtype="FLOAT")
+            sf.write(take_dir / "mic.wav", dry, MIC_SR, subtype="PCM_24")
 
-        # Mouth opening at each frame's mic time, averaged over the frame's exposure.
-        true_v2m = spec["video_to_mic"] + spec["log_error"]
-        t_video = np.arange(n_frames) / video.FPS
-        half = MIC_SR // (2 * video.FPS)
-        idx = np.clip(np.round((t_video + true_v2m) * MIC_SR).astype(int), half, len(mouth) - half - 1)
-        csum = np.concatenate([[0.0], np.cumsum(mouth, dtype=np.float64)])
-        mouth_frames = (csum[idx + half] - csum[idx - half]) / (2 * half)
+            # Mouth opening at each frame's mic time, averaged over the frame's exposure.
+            true_v2m = spec["video_to_mic"] + spec["log_error"]
+            t_video = np.arange(n_frames) / video.FPS
+            half = MIC_SR // (2 * video.FPS)
+            idx = np.clip(np.round((t_video + true_v2m) * MIC_SR).astype(int), half, len(mouth) - half - 1)
+            csum = np.concatenate([[0.0], np.cumsum(mouth, dtype=np.float64)])
+            mouth_frames = (csum[idx + half] - csum[idx - half]) / (2 * half)
 
-        motion = dataclasses.replace(video.head_motion(n_frames, mouth_frames, spec["leans"], rng),
-                                     canvas_scale=width / video.WIDTH)
-        start_offset_ns = 200_000_000 + 1_000_000 * k
-        dropped = _dropped_frames(n_frames, frame_drops, np.random.default_rng([seed, k, 17]))
-        jobs[spec["id"]] = pool.submit(video.write_kinect_mkv, take_dir / "kinect.mkv", motion, ffmpeg,
-                                       start_offset_ns, seed=seed * 10 + k, color_mode=color_mode, dropped=dropped)
-        recorded = np.ones(n_frames, bool)
-        recorded[dropped] = False
+            motion = dataclasses.replace(video.head_motion(n_frames, mouth_frames, spec["leans"], rng),
+                                         canvas_scale=width / video.WIDTH)
+            start_offset_ns = 200_000_000 + 1_000_000 * k
+            dropped = _dropped_frames(n_frames, frame_drops, np.random.default_rng([seed, k, 17]))
+            jobs[spec["id"]] = pool.submit(video.write_kinect_mkv, take_dir / "kinect.mkv", motion, ffmpeg,
+                                           start_offset_ns, seed=seed * 10 + k, color_mode=color_mode, dropped=dropped)
+            recorded = np.ones(n_frames, bool)
+            recorded[dropped] = False
 
-        lmk = np.stack([video.landmarks(motion, i) for i in range(n_frames)])
-        np.savez_compressed(
-            gt_dir / f"{spec['id']}_frames.npz",
-            time_s=t_video, affine=np.stack([motion.affine(i) for i in range(n_frames)]),
-            centre_xy=motion.centre_xy, roll_deg=motion.roll_deg, scale=motion.scale,
-            jaw_px=motion.jaw_px, mouth_opening=mouth_frames.astype(np.float32), landmarks=lmk,
-            face_box=np.concatenate([lmk.min(1), lmk.max(1)], axis=1), recorded=recorded,
-        )
-        log = CaptureLog(video_start_s=spec["video_to_mic"], mic_start_s=0.0, song_start_s=-spec["mic_to_song"])
-        takes.append(Take(
-            id=spec["id"], video=f"takes/{spec['id']}/kinect.mkv", mic=f"takes/{spec['id']}/mic.wav",
-            song=Song(file=f"songs/{spec['id']}.flac", title=spec["title"], category=spec["category"],
-                      language=spec["language"]),
-            capture_log=log,
-        ))
-        gt_takes[spec["id"]] = {
-            "offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": true_v2m},
-            "log_offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": spec["video_to_mic"]},
-            "cuts_s": [when for when, _ in spec["leans"]],
-            "frames": n_frames, "fps": video.FPS, "bpm": spec["bpm"],
-            "dropped_frames": [int(i) for i in dropped],
-            "k4a_start_offset_ns": start_offset_ns,
-            "files": {"song_vocals": f"{spec['id']}_song_vocals.wav",
-                      "song_accompaniment": f"{spec['id']}_song_accompaniment.wav",
-                      "frames": f"{spec['id']}_frames.npz"},
-        }
+            lmk = np.stack([video.landmarks(motion, i) for i in range(n_frames)])
+            np.savez_compressed(
+                gt_dir / f"{spec['id']}_frames.npz",
+                time_s=t_video, affine=np.stack([motion.affine(i) for i in range(n_frames)]),
+                centre_xy=motion.centre_xy, roll_deg=motion.roll_deg, scale=motion.scale,
+                jaw_px=motion.jaw_px, mouth_opening=mouth_frames.astype(np.float32), landmarks=lmk,
+                face_box=np.concatenate([lmk.min(1), lmk.max(1)], axis=1), recorded=recorded,
+            )
+            log = CaptureLog(video_start_s=spec["video_to_mic"], mic_start_s=0.0, song_start_s=-spec["mic_to_song"])
+            takes.append(Take(
+                id=spec["id"], video=f"takes/{spec['id']}/kinect.mkv", mic=f"takes/{spec['id']}/mic.wav",
+                song=Song(file=f"songs/{spec['id']}.flac", title=spec["title"], category=spec["category"],
+                          language=spec["language"]),
+                capture_log=log,
+            ))
+            gt_takes[spec["id"]] = {
+                "offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": true_v2m},
+                "log_offsets_s": {"mic_to_song": spec["mic_to_song"], "video_to_mic": spec["video_to_mic"]},
+                "cuts_s": [when for when, _ in spec["leans"]],
+                "frames": n_frames, "fps": video.FPS, "bpm": spec["bpm"],
+                "dropped_frames": [int(i) for i in dropped],
+                "k4a_start_offset_ns": start_offset_ns,
+                "files": {"song_vocals": f"{spec['id']}_song_vocals.wav",
+                          "song_accompaniment": f"{spec['id']}_song_accompaniment.wav",
+                          "frames": f"{spec['id']}_frames.npz"},
+            }
 
-    with pool:
         for name, job in sorted(jobs.items(), key=lambda item: item[0] == "light stage"):  # takes first
             job.result()
             if on_take:

@@ -6,7 +6,6 @@ what it points at so a missing-asset error can tell the operator exactly what to
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,12 +70,3 @@ def torch_device(name: str | None = None):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def cpu_threads() -> int:
-    """How many cores one step may keep busy: OMP_NUM_THREADS where it is set, else every core.
-    Dask's nanny sets it to 1 in each worker, so that the workers sharing a machine do not
-    oversubscribe its cores; video decoders and encoders follow the same budget as BLAS (a crop's
-    codec threads had slowed the light stage's photogrammetry beside it threefold)."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)

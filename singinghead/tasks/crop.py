@@ -24,6 +24,7 @@ them, and a re-run of either (another mic, other sync weights) does not detect t
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,6 @@ from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.segments import SEGMENT_SCHEMA, CropSummary, Cut, DroppedSequence
-from singinghead.schemas.settings import cpu_threads
 from singinghead.storage import files
 from singinghead.storage.assets import ffmpeg_exe
 from singinghead.storage.catalog import Catalog, cache_key
@@ -157,7 +157,7 @@ def analyse_take(video: str | Path, p: CropParams, analyser: FaceAnalyser | None
             lmk = (analyser.landmarks(crop, boxes[face]) + [x0, y0]) * s
             return lmk, float(probs[face]), len(faces)
 
-        for idx, _, img in rec.frames(scale=s, step=p.check_every, threads=cpu_threads(), skip_corrupt=True):
+        for idx, _, img in rec.frames(scale=s, step=p.check_every, skip_corrupt=True):
             gap = None if current is None else next(
                 (f for f in drops if current.frame_start < f <= idx), None)
             if gap is not None:  # the device lost frames since the last check: end the segment there
@@ -280,7 +280,7 @@ def crop_take(video: str | Path, take_id: str, out_dir: str, p: CropParams) -> l
     summary.take_id = take_id
     names = [f"{take_id}_seg{i:03d}.mp4" for i in range(len(kept))]
     workers = max(1, min(p.encode_workers, len(kept)))
-    threads = max(1, cpu_threads() // workers)
+    threads = max(1, (os.cpu_count() or 2) // workers)
     refs: list[ArtifactRef] = []
 
     def encode(i: int) -> ArtifactRef:

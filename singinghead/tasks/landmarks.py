@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from singinghead.features.face import eye_closure
-from singinghead.schemas.settings import cpu_threads, torch_device
+from singinghead.schemas.settings import torch_device
 from singinghead.storage.assets import dlib_landmark_model
 
 #: dlib's 68-point predictor was trained on the boxes of dlib's HOG face detector; MTCNN places
@@ -188,7 +188,6 @@ def dense_landmarks(video: str, work_size: int = 512, device: str = "auto", min_
     with av.open(video) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = cpu_threads()
         for frame in container.decode(stream):
             img = frame.to_ndarray(format="rgb24")
             scale = work_size / img.shape[1]
