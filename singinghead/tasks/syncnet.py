@@ -34,7 +34,7 @@ from scipy import signal
 from torch import nn
 
 from singinghead.schemas.errors import AssetError
-from singinghead.schemas.settings import torch_device
+from singinghead.schemas.settings import channels_last, torch_device
 from singinghead.tasks.audio_sync import OffsetEstimate
 
 FPS = 25  # SyncNet's video rate
@@ -113,7 +113,7 @@ def load_syncnet(path: str | Path, device: str = "auto") -> SyncNet:
                          f"wrong shapes {wrong[:3]})")
     model.load_state_dict(state)
     device = torch_device(None if device == "auto" else device)  # auto: SINGINGHEAD_DEVICE
-    return model.eval().to(device)
+    return channels_last(model.eval().to(device))  # its 3×3 max-pools: see channels_last
 
 
 def mfcc(voice: np.ndarray, sr: int) -> np.ndarray:

@@ -27,6 +27,8 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 from skimage.metrics import structural_similarity
 
+from singinghead.schemas.settings import channels_last
+
 BETA = 3.6
 P_JNB = 0.63
 MOUTH = slice(48, 68)
@@ -115,7 +117,7 @@ class InceptionFeatures(torch.nn.Module):
         net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         net.fc = torch.nn.Identity()
-        self.net = net.eval()
+        self.net = channels_last(net.eval())  # its 3×3 max-pools: see channels_last
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
