@@ -161,19 +161,42 @@ def _mean_of_best(values: list[torch.Tensor], keep: int) -> torch.Tensor:
     return torch.stack(v[len(v) - keep:]).mean(0)
 
 
+def _textured_box(textured: torch.Tensor, margin: int) -> tuple[slice, slice] | None:
+    """Rows and columns of the box around the textured pixels, grown by `margin` (inside the image)."""
+    rows, cols = torch.nonzero(textured.any(1))[:, 0], torch.nonzero(textured.any(0))[:, 0]
+    if len(rows) == 0:
+        return None
+    h, w = textured.shape
+    return (slice(max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + margin + 1)),
+            slice(max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + margin + 1)))
+
+
 def sweep(ref: View, srcs: list[View], params: StereoParams, chunk: int = 16) -> None:
     """Depth and score maps of `ref` (module docstring, step 2), stored on the view. Planes are
-    processed `chunk` at a time (memory: a few (chunk, H, W) tensors per neighbour)."""
+    processed `chunk` at a time (memory: a few (chunk, H, W) tensors per neighbour). Only the box
+    around the view's textured pixels, grown by half a window, is swept: a flat patch never gets a
+    depth and a textured one's window lies in that box, so the depths are the whole image's (a
+    dome's views behind or below a face are mostly flat background)."""
     h, w = ref.grey.shape
     device = ref.grey.device
-    rays = _rays(ref.K, h, w, device)
-    near, far = ref.depth_range
-    inv = torch.linspace(1 / near, 1 / far, params.planes, dtype=torch.float64, device=device)
     win = params.window
     r = ref.grey[None, None] - 127.5
+    r_mean = _box(r, win)
+    r_var = (_box(r * r, win) - r_mean**2).clamp_min(0)
+    textured = torch.sqrt(r_var[0, 0]) >= params.min_std
+    ref.depth = torch.zeros(h, w, device=device)
+    ref.score = torch.full((h, w), -1.0, device=device)
+    ref.stats = {"pixels": h * w, "textured_share": float(textured.float().mean()), "matched_share": 0.0}
+    box = _textured_box(textured, win // 2)
+    if box is None:
+        return
+    ys, xs = box
+    r, r_mean, r_var, textured = r[..., ys, xs], r_mean[..., ys, xs], r_var[..., ys, xs], textured[ys, xs]
+    rays = _rays(ref.K, h, w, device).view(3, h, w)[:, ys, xs].reshape(3, -1)
+    h, w = textured.shape
+    near, far = ref.depth_range
+    inv = torch.linspace(1 / near, 1 / far, params.planes, dtype=torch.float64, device=device)
     count = _window_sums(torch.ones_like(r), win)
-    r_mean = _box(r, win, count)
-    r_var = (_box(r * r, win, count) - r_mean**2).clamp_min(0)
     scores = torch.full((params.planes, h, w), -1.0, device=device)
     keep = max(1, (len(srcs) + 1) // 2)
     proj = []
@@ -207,12 +230,10 @@ def sweep(ref: View, srcs: list[View], params: StereoParams, chunk: int = 16) ->
     step = (inv[-1] - inv[0]) / (params.planes - 1)
     inv_best = inv[0] + (best.double() + frac.double()) * step
     depth = (1.0 / inv_best).float()
-    textured = torch.sqrt(r_var[0, 0]) >= params.min_std
     ok = (top >= params.min_ncc) & textured & (best > 0) & (best < params.planes - 1)
-    ref.depth = torch.where(ok, depth, torch.zeros_like(depth))
-    ref.score = top
-    ref.stats = {"pixels": h * w, "textured_share": float(textured.float().mean()),
-                 "matched_share": float(ok.float().mean())}
+    ref.depth[ys, xs] = torch.where(ok, depth, torch.zeros_like(depth))
+    ref.score[ys, xs] = top
+    ref.stats["matched_share"] = float(ok.sum()) / ref.stats["pixels"]
 
 
 def _points(view: View) -> tuple[torch.Tensor, torch.Tensor]:
