@@ -181,8 +181,9 @@ def sweep(ref: View, srcs: list[View], params: StereoParams, chunk: int = 16) ->
     device = ref.grey.device
     win = params.window
     r = ref.grey[None, None] - 127.5
-    r_mean = _box(r, win)
-    r_var = (_box(r * r, win) - r_mean**2).clamp_min(0)
+    count = _window_sums(torch.ones_like(r), win)
+    r_mean = _box(r, win, count)
+    r_var = (_box(r * r, win, count) - r_mean**2).clamp_min(0)
     textured = torch.sqrt(r_var[0, 0]) >= params.min_std
     ref.depth = torch.zeros(h, w, device=device)
     ref.score = torch.full((h, w), -1.0, device=device)
@@ -196,7 +197,7 @@ def sweep(ref: View, srcs: list[View], params: StereoParams, chunk: int = 16) ->
     h, w = textured.shape
     near, far = ref.depth_range
     inv = torch.linspace(1 / near, 1 / far, params.planes, dtype=torch.float64, device=device)
-    count = _window_sums(torch.ones_like(r), win)
+    count = _window_sums(torch.ones_like(r), win)  # the box's own: a textured pixel's window lies inside it
     scores = torch.full((params.planes, h, w), -1.0, device=device)
     keep = max(1, (len(srcs) + 1) // 2)
     proj = []
