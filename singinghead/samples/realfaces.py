@@ -255,7 +255,7 @@ def score_take(out: str | Path, session_dir: str | Path, take_id: str = "take01"
     finite_rep = rep[np.isfinite(rep)]
     face_seconds = float(np.isfinite(gt["landmarks"]).all(axis=(1, 2)).sum() / video.FPS)
     return {
-        "frames": int(len(err)), "frames_without_landmarks": int(np.isinf(err).sum()),
+        "frames": int(len(err)), "frames_without_landmarks": int(np.isinf(err).sum()), "segments": len(segments),
         "landmark_median_iod": float(np.median(err)), "landmark_p95_iod": float(np.percentile(err, 95)),
         "landmark_share_over_0.1_iod": float(np.mean(err > 0.1)),
         "reprojection_median_px": float(np.median(finite_rep)) if len(finite_rep) else float("nan"),
