@@ -66,15 +66,17 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 def _render(gen, reference: torch.Tensor, layer: FlameLayer, a: dict, motion: torch.Tensor, size: int,
             picks: torch.Tensor) -> np.ndarray:
     """Frames `picks` of the portrait the renderer draws from the depth of `motion` (T, 59) with
-    the window's shape, translation and camera."""
+    the window's shape, translation and camera. Only those frames' depth is rendered: each frame's
+    depth (and its normalisation) is its own."""
     on = next(gen.parameters()).device  # the layer is there too
     with torch.no_grad():
         depth = depth_to_input(render_depth_sequence(layer, torch.as_tensor(a["shape"][0], device=on),
-                                                     motion.to(on), torch.as_tensor(a["translation"][0], device=on),
+                                                     motion[picks].to(on),
+                                                     torch.as_tensor(a["translation"][0][picks.numpy()], device=on),
                                                      torch.as_tensor(a["camera"][0], device=on), size))[:, None]
-        fake = torch.cat([gen(torch.cat([depth[i:i + 1], reference[None].to(on),
+        fake = torch.cat([gen(torch.cat([depth[k:k + 1], reference[None].to(on),
                                          temporal_embedding(torch.tensor([int(i)], device=on), size)], 1))
-                          for i in picks])
+                          for k, i in enumerate(picks)])
     return _to_uint8(fake)
 
 
