@@ -52,6 +52,33 @@ def decode_frames(url: str, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+class WindowDepth:
+    """A window's depth inputs (T, 1, size, size) on the host, each frame rendered the first time a
+    step draws it: a short run (the demo's, the tests') draws a few of the 240 frames, a long one
+    renders each once, as rendering the window up front did. A frame's depth and its normalisation
+    are its own: one frame at a time gives the batch's values up to float rounding (≤ 1.2·10⁻⁴ of
+    the [−0.8, 1] input on the sample release)."""
+
+    def __init__(self, layer: FlameLayer, arrays: dict[str, np.ndarray], size: int):
+        on = layer.v_template.device  # rendered where the layer is, kept on the host between steps
+        self._layer, self._size = layer, size
+        self._inputs = {k: torch.as_tensor(arrays[k][0], device=on) for k in ("shape", "motion", "translation",
+                                                                              "camera")}
+        self._frames: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._inputs["motion"])
+
+    def __getitem__(self, frame: int) -> torch.Tensor:
+        if frame not in self._frames:
+            i = self._inputs
+            with torch.no_grad():
+                depth = render_depth_sequence(self._layer, i["shape"], i["motion"][frame:frame + 1],
+                                              i["translation"][frame:frame + 1], i["camera"], self._size)
+            self._frames[frame] = depth_to_input(depth)[0, None].cpu()
+        return self._frames[frame]
+
+
 def identity_windows(release: str, subject: str, layer: FlameLayer, size: int, max_windows: int | None = None,
                      split: str = "train") -> list[dict]:
     """The identity's windows of one split (the renderer never sees the windows it is scored on)."""
@@ -64,11 +91,7 @@ def identity_windows(release: str, subject: str, layer: FlameLayer, size: int, m
         a = store.arrays(table.slice(r["shard_row"], 1), ["motion", "translation", "camera", "shape"])
         if not np.isfinite(a["camera"]).all():
             continue  # imported windows carry no camera: nothing to render depth with
-        on = layer.v_template.device  # rendered where the layer is, kept on the host between steps
-        with torch.no_grad():
-            depth = render_depth_sequence(layer, *(torch.as_tensor(a[k][0], device=on)
-                                                   for k in ("shape", "motion", "translation", "camera")), size)
-        out.append({"window_id": r["window_id"], "depth": depth_to_input(depth)[:, None].cpu(),
+        out.append({"window_id": r["window_id"], "depth": WindowDepth(layer, a, size),
                     "frames": decode_frames(files.join(release, r["video_path"]), size)})
     if not out:
         raise ValueError(f"{release}: no window of {subject!r} has a camera to render depth with")
