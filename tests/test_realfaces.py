@@ -21,7 +21,7 @@ import pytest
 
 #: A constant and a variable frame rate source, two people; the seeds of bench/realfaces.py (the
 #: clips' order there). Where cuts fall depends on the seeded motion: a cut that leaves a < 3 s
-#: remainder drops it (crop rules), e.g. clip1 with seed 1 keeps 80 %.
+#: remainder drops it (crop rules), e.g. clip1 with seed 1 keeps 80 % (three passes, the benchmark's).
 CLIPS = {"clip4": 3, "clip1": 0}
 #: Clip passes per take: the benchmark plays each clip three times (forward, backward, forward);
 #: two passes keep a lean, its crop cut and two segments per take (asserted) at two thirds of the
