@@ -53,22 +53,35 @@ pip_install() {  # quiet unless pip fails; then show its output
   fi
   rm -f "$log"
 }
-# The lock is a complete pip freeze, so nothing is left to resolve: --no-deps. pip installs one
-# package at a time and mostly waits on the index for the small ones, so the lock goes in five
-# parts side by side: torch with its CUDA wheels (5 GB to unpack) and four quarters of the rest
-# (about 110 s here, against 280 s for one resolving pip). `pip check` then proves the lock whole.
-parts=$(mktemp -d)
-trap 'rm -rf "$parts"' EXIT
-grep -v -E '^[[:space:]]*(#|$)' requirements.lock > "$parts/all"
-grep -E '^(torch|triton|nvidia-)' "$parts/all" > "$parts/p0" || true
-grep -v -E '^(torch|triton|nvidia-)' "$parts/all" | awk -v d="$parts" '{print > (d "/p" (NR % 4 + 1))}'
-pids=()
-for part in "$parts"/p*; do
-  pip_install --no-deps -r "$part" & pids+=($!)
-done
-failed=0
-for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-[ "$failed" = 0 ] || { echo "setup: installing requirements.lock failed" >&2; exit 1; }
+# The lock is a complete pip freeze, so nothing is left to resolve: --no-deps. uv installs it: it
+# unpacks wheels in parallel and links them from its cache (a fresh .venv in 35 s here with an
+# empty cache, 2 s with a warm one, against 85 s for five pip processes side by side). uv does
+# not read pip's configuration, so the indexes, find-links, constraints and certificates pip is
+# configured with (environment, then configuration files) are handed to it; with several
+# indexes every one is considered, as pip does, the first listed winning a tie (local mirrors
+# before PyPI). `pip check` then proves the lock whole.
+pip_install uv==0.13.9
+pip_setting() {  # pip's own setting: its PIP_* environment variable, else its configuration files
+  local env="PIP_$(tr 'a-z-' 'A-Z_' <<<"$1")"
+  if [ -n "${!env:-}" ]; then echo "${!env}"; else "$VENV/bin/pip" config get "global.$1" 2>/dev/null || true; fi
+}
+uv_args=(--python "$VENV/bin/python" --no-deps --index-strategy unsafe-best-match)
+index=$(pip_setting index-url)
+[ -z "$index" ] || uv_args+=(--default-index "$index")
+for url in $(pip_setting extra-index-url); do uv_args+=(--index "$url"); done
+for links in $(pip_setting find-links); do uv_args+=(--find-links "$links"); done
+for constraint in $(pip_setting constraint); do uv_args+=(--constraint "$constraint"); done
+cert=$(pip_setting cert)
+[ -z "$cert" ] || export SSL_CERT_FILE="$cert"
+lock=$(mktemp)
+trap 'rm -f "$lock"' EXIT
+grep -v -E '^[[:space:]]*(#|$)' requirements.lock > "$lock"
+log=$(mktemp)
+if ! "$VENV/bin/uv" pip install -q "${uv_args[@]}" -r "$lock" >"$log" 2>&1; then
+  cat "$log" >&2; rm -f "$log"
+  echo "setup: installing requirements.lock failed" >&2; exit 1
+fi
+rm -f "$log"
 check=$("$VENV/bin/pip" check --disable-pip-version-check 2>&1) || {
   echo "$check" >&2; echo "setup: requirements.lock is not self-consistent" >&2; exit 1; }
 # facenet-pytorch pins an old torch and numpy; its code runs fine on ours.
