@@ -40,52 +40,43 @@ if sys.version_info[:2] != (3, 11):
 PY
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 echo "setup: installing pinned dependencies into $VENV (first run takes a few minutes)"
-# --no-compile: Python compiles a module when it is first imported, so only the modules used are
-# compiled (pip would compile all of the ~8 GB installed, 45 s of a 190 s setup here).
-pip_install() {  # quiet unless pip fails; then show its output
+# uv installs everything: it unpacks wheels in parallel and links them from its cache (a fresh
+# .venv in 48 s here with an empty cache, 13 s with a warm one, against 107 s for five pip
+# processes side by side). It is itself installed with pip, and does not read pip's
+# configuration, so the indexes, find-links, constraints and certificate pip is configured with
+# (its PIP_* environment, else its configuration files) are handed to it; with several indexes
+# every one is considered, as pip does, the first listed winning a tie (local mirrors before
+# PyPI). Like `pip --no-compile`, uv leaves bytecode to the first import, so only the modules
+# used are compiled.
+quietly() {  # run a command; show its output only when it fails
   local log
   log=$(mktemp)
-  if ! "$VENV/bin/pip" install -q --no-compile --disable-pip-version-check "$@" >"$log" 2>&1; then
-    grep -v "^WARNING: Location" "$log" >&2
-    rm -f "$log"
-    echo "setup: pip install $* failed" >&2
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    echo "setup: $* failed" >&2
     return 1
   fi
   rm -f "$log"
 }
-# The lock is a complete pip freeze, so nothing is left to resolve: --no-deps. uv installs it: it
-# unpacks wheels in parallel and links them from its cache (a fresh .venv in 35 s here with an
-# empty cache, 2 s with a warm one, against 85 s for five pip processes side by side). uv does
-# not read pip's configuration, so the indexes, find-links, constraints and certificates pip is
-# configured with (environment, then configuration files) are handed to it; with several
-# indexes every one is considered, as pip does, the first listed winning a tie (local mirrors
-# before PyPI). `pip check` then proves the lock whole.
-pip_install uv==0.13.9
-pip_setting() {  # pip's own setting: its PIP_* environment variable, else its configuration files
+quietly "$VENV/bin/pip" install -q --no-compile --disable-pip-version-check uv==0.13.9
+pip_setting() {
   local env="PIP_$(tr 'a-z-' 'A-Z_' <<<"$1")"
   if [ -n "${!env:-}" ]; then echo "${!env}"; else "$VENV/bin/pip" config get "global.$1" 2>/dev/null || true; fi
 }
-uv_args=(--python "$VENV/bin/python" --no-deps --index-strategy unsafe-best-match)
+uv_install=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps --index-strategy unsafe-best-match)
 index=$(pip_setting index-url)
-[ -z "$index" ] || uv_args+=(--default-index "$index")
-for url in $(pip_setting extra-index-url); do uv_args+=(--index "$url"); done
-for links in $(pip_setting find-links); do uv_args+=(--find-links "$links"); done
-for constraint in $(pip_setting constraint); do uv_args+=(--constraint "$constraint"); done
+[ -z "$index" ] || uv_install+=(--default-index "$index")
+for url in $(pip_setting extra-index-url); do uv_install+=(--index "$url"); done
+for links in $(pip_setting find-links); do uv_install+=(--find-links "$links"); done
+for constraint in $(pip_setting constraint); do uv_install+=(--constraint "$constraint"); done
 cert=$(pip_setting cert)
 [ -z "$cert" ] || export SSL_CERT_FILE="$cert"
-lock=$(mktemp)
-trap 'rm -f "$lock"' EXIT
-grep -v -E '^[[:space:]]*(#|$)' requirements.lock > "$lock"
-log=$(mktemp)
-if ! "$VENV/bin/uv" pip install -q "${uv_args[@]}" -r "$lock" >"$log" 2>&1; then
-  cat "$log" >&2; rm -f "$log"
-  echo "setup: installing requirements.lock failed" >&2; exit 1
-fi
-rm -f "$log"
-check=$("$VENV/bin/pip" check --disable-pip-version-check 2>&1) || {
-  echo "$check" >&2; echo "setup: requirements.lock is not self-consistent" >&2; exit 1; }
-# facenet-pytorch pins an old torch and numpy; its code runs fine on ours.
-pip_install --no-deps facenet-pytorch==2.6.0 || exit 1
-pip_install --no-deps --no-build-isolation -e . || exit 1
+# The lock is a complete freeze, so nothing is left to resolve (--no-deps); `uv pip check` then
+# proves it whole. facenet-pytorch pins an old torch and numpy; its code runs fine on ours.
+quietly "${uv_install[@]}" -r requirements.lock || exit 1
+quietly "$VENV/bin/uv" pip check --python "$VENV/bin/python" || {
+  echo "setup: requirements.lock is not self-consistent" >&2; exit 1; }
+quietly "${uv_install[@]}" facenet-pytorch==2.6.0 || exit 1
+quietly "${uv_install[@]}" --no-build-isolation -e . || exit 1
 echo "$want" > "$STAMP"
 echo "setup: $VENV is ready"
