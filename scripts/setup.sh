@@ -59,9 +59,11 @@ quietly() {  # run a command; show its output only when it fails
   rm -f "$log"
 }
 quietly "$VENV/bin/pip" install -q --no-compile --disable-pip-version-check uv==0.13.9
-pip_setting() {
-  local env="PIP_$(tr 'a-z-' 'A-Z_' <<<"$1")"
-  if [ -n "${!env:-}" ]; then echo "${!env}"; else "$VENV/bin/pip" config get "global.$1" 2>/dev/null || true; fi
+pip_config=$("$VENV/bin/pip" config list 2>/dev/null || true)  # lines key='value', ":env:." for PIP_*
+pip_setting() {  # pip's value for a setting: its environment variable, else its configuration files
+  local line
+  line=$(grep -m1 -E "^:env:\.$1=" <<<"$pip_config" || grep -m1 -E "^global\.$1=" <<<"$pip_config" || true)
+  line=${line#*=}; line=${line#\'}; echo "${line%\'}"
 }
 uv_install=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps --index-strategy unsafe-best-match)
 index=$(pip_setting index-url)
