@@ -66,19 +66,32 @@ pip_setting() {  # pip's value for a setting: its environment variable, else its
   line=${line#*=}; line=${line#\'}; echo "${line%\'}"
 }
 uv_install=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps --index-strategy unsafe-best-match)
-index=$(pip_setting index-url)
-[ -z "$index" ] || uv_install+=(--default-index "$index")
-for url in $(pip_setting extra-index-url); do uv_install+=(--index "$url"); done
 for links in $(pip_setting find-links); do uv_install+=(--find-links "$links"); done
 for constraint in $(pip_setting constraint); do uv_install+=(--constraint "$constraint"); done
 cert=$(pip_setting cert)
 [ -z "$cert" ] || export SSL_CERT_FILE="$cert"
-# The lock is a complete freeze, so nothing is left to resolve (--no-deps); `uv pip check` then
-# proves it whole. facenet-pytorch pins an old torch and numpy; its code runs fine on ours.
-quietly "${uv_install[@]}" -r requirements.lock || exit 1
+main=$(pip_setting index-url)
+main=${main:-https://pypi.org/simple}
+mirrors=()
+for url in $(pip_setting extra-index-url); do mirrors+=(--index "$url"); done
+# uv takes a release found on several indexes from the first one listed (pip takes the best wheel
+# of all): torch and its CUDA wheels (5 GB) from a local mirror when pip has one, everything
+# else from the main index first, so each package gets the wheel pip would pick (a mirror may
+# hold only a pure-Python wheel: soundfile's without libsndfile). The lock is a complete freeze,
+# so nothing is left to resolve (--no-deps); `uv pip check` then proves it whole.
+lock=$(mktemp -d)
+trap 'rm -rf "$lock"' EXIT
+grep -v -E '^[[:space:]]*(#|$)' requirements.lock > "$lock/all"
+torch='^((torch|torchvision|triton)==|nvidia-)'
+grep -E "$torch" "$lock/all" > "$lock/torch" || true
+grep -v -E "$torch" "$lock/all" > "$lock/rest" || true
+main_first=(--index "$main" "${mirrors[@]}" --default-index "$main")
+quietly "${uv_install[@]}" "${mirrors[@]}" --default-index "$main" -r "$lock/torch" || exit 1
+quietly "${uv_install[@]}" "${main_first[@]}" -r "$lock/rest" || exit 1
 quietly "$VENV/bin/uv" pip check --python "$VENV/bin/python" || {
   echo "setup: requirements.lock is not self-consistent" >&2; exit 1; }
-quietly "${uv_install[@]}" facenet-pytorch==2.6.0 || exit 1
+# facenet-pytorch pins an old torch and numpy; its code runs fine on ours.
+quietly "${uv_install[@]}" "${main_first[@]}" facenet-pytorch==2.6.0 || exit 1
 quietly "${uv_install[@]}" --no-build-isolation -e . || exit 1
 echo "$want" > "$STAMP"
 echo "setup: $VENV is ready"
