@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample_session(tmp_path_factory) -> Path:
-    """The full embedded sample session: 2 takes × 20 s of 4K MJPEG. Read-only for tests. Its light
-    stage photographs the real textured face scan of ../shared/data when it is there (the stand-in
-    head otherwise: a user's clone has no shared data)."""
+def sample_session_build(tmp_path_factory) -> Future:
+    """The full embedded sample session (2 takes × 20 s of 4K MJPEG), being built in a thread: a
+    fixture that needs it and something else slow (the Prefect API and Dask cluster) starts both,
+    then waits. Its light stage photographs the real textured face scan of ../shared/data when it
+    is there (the stand-in head otherwise: a user's clone has no shared data)."""
     from singinghead.samples.real_scan import load_textured_scan
     from singinghead.samples.session import GENERATOR_VERSION, build_sample_session
 
@@ -35,16 +37,26 @@ def sample_session(tmp_path_factory) -> Path:
     scan = load_textured_scan(scan_dir / "james.obj", scan_dir / "james.ljson", "mm") \
         if (scan_dir / "james.obj").is_file() else None
 
-    # Developers may keep one built session between runs (it is deterministic): set
-    # SINGINGHEAD_TEST_SESSION_CACHE to a folder. CI builds it afresh.
-    cache = os.environ.get("SINGINGHEAD_TEST_SESSION_CACHE")
-    if cache:
-        session = Path(cache) / f"sample-v{GENERATOR_VERSION}{'-scan' if scan else ''}"
-        if not (session / "ground_truth" / "README.md").is_file():
-            shutil.rmtree(session, ignore_errors=True)
-            build_sample_session(session, seed=0, scan=scan)
-        return session
-    return build_sample_session(tmp_path_factory.mktemp("sample") / "session", seed=0, scan=scan)
+    def build() -> Path:
+        # Developers may keep one built session between runs (it is deterministic): set
+        # SINGINGHEAD_TEST_SESSION_CACHE to a folder. CI builds it afresh.
+        cache = os.environ.get("SINGINGHEAD_TEST_SESSION_CACHE")
+        if cache:
+            session = Path(cache) / f"sample-v{GENERATOR_VERSION}{'-scan' if scan else ''}"
+            if not (session / "ground_truth" / "README.md").is_file():
+                shutil.rmtree(session, ignore_errors=True)
+                build_sample_session(session, seed=0, scan=scan)
+            return session
+        return build_sample_session(tmp_path_factory.mktemp("sample") / "session", seed=0, scan=scan)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(build)
+
+
+@pytest.fixture(scope="session")
+def sample_session(sample_session_build) -> Path:
+    """The built sample session. Read-only for tests."""
+    return sample_session_build.result()
 
 
 @pytest.fixture(scope="session")
@@ -138,10 +150,12 @@ def snapshot(root: Path) -> dict[str, tuple[str, int]]:
 
 
 @pytest.fixture(scope="session")
-def processed_sample(sample_session, tmp_path_factory, prefect_harness) -> dict:
-    """process_session run twice on the sample session (real Prefect API, local Dask cluster)."""
+def processed_sample(sample_session_build, prefect_harness, tmp_path_factory) -> dict:
+    """process_session run twice on the sample session (real Prefect API, local Dask cluster; both
+    started while the session is built)."""
     from singinghead.flows.process_session import run_process_session
 
+    sample_session = sample_session_build.result()
     out = tmp_path_factory.mktemp("processed")
     raw_before = snapshot(sample_session)
     with PeakRSS() as rss:  # 4K takes of 20 s and the light stage beside them
