@@ -41,7 +41,7 @@ PY
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 echo "setup: installing pinned dependencies into $VENV (first run takes a few minutes)"
 # uv installs everything: it unpacks wheels in parallel and links them from its cache (a fresh
-# .venv in 48 s here with an empty cache, 13 s with a warm one, against 107 s for five pip
+# .venv in 53 s here with an empty cache, 11 s with a warm one, against 107 s for five pip
 # processes side by side). It is itself installed with pip, and does not read pip's
 # configuration, so the indexes, find-links, constraints and certificate pip is configured with
 # (its PIP_* environment, else its configuration files) are handed to it; with several indexes
