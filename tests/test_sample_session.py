@@ -97,11 +97,26 @@ def test_detector_finds_the_face_where_ground_truth_says(sample_session):
 
 
 def test_same_seed_same_session(tmp_path):
-    # Determinism does not depend on the resolution: the takes are recorded in 720p to save time.
+    """The same seed gives the same files. Determinism does not depend on the resolution: the
+    takes are recorded in 720p to save time. The second build leaves out the light stage (51
+    renders): one of the first build's photos is rendered again from the head its ground truth
+    names, with the same calibration."""
+    from singinghead.flame.ict import write_model
+    from singinghead.flame.model import load_flame
+    from singinghead.samples.light_stage import write_light_stage
+
     a = build_sample_session(tmp_path / "a", seed=3, duration_s=1.0, color_mode="720P")
-    b = build_sample_session(tmp_path / "b", seed=3, duration_s=1.0, color_mode="720P")
+    b = build_sample_session(tmp_path / "b", seed=3, duration_s=1.0, light_stage=False, color_mode="720P")
     c = build_sample_session(tmp_path / "c", seed=4, duration_s=1.0, light_stage=False, n_takes=1, color_mode="720P")
-    for name in ("takes/take01/mic.wav", "songs/take02.flac", "takes/take01/kinect.mkv",
-                 "light_stage/photos/cam17.jpg", "light_stage/calibration.json"):
+    for name in ("takes/take01/mic.wav", "songs/take02.flac", "takes/take01/kinect.mkv", "takes/take02/kinect.mkv"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "takes/take01/mic.wav").read_bytes() != (c / "takes/take01/mic.wav").read_bytes()
+
+    shape = json.loads((a / "ground_truth/ground_truth.json").read_text())["light_stage"]["shape"]
+    model = load_flame(write_model(tmp_path / "flame"))
+    (tmp_path / "again").mkdir()
+    write_light_stage(tmp_path / "again/light_stage", model, np.asarray(shape), tmp_path / "again",
+                      photos={"cam17.jpg"})
+    assert [p.name for p in (tmp_path / "again/light_stage/photos").iterdir()] == ["cam17.jpg"]
+    for name in ("light_stage/photos/cam17.jpg", "light_stage/calibration.json"):
+        assert (a / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name

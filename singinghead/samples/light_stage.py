@@ -13,6 +13,7 @@ and written as a JPEG; `calibration.json` holds the rig in the documented JSON f
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import cv2
@@ -156,8 +157,9 @@ SCAN_LANDMARK_CENTRE = np.array([0.0, -0.01, 0.06])  # where a real scan's landm
 
 
 def write_light_stage(out: str | Path, model: FlameModel, shape: np.ndarray, gt_dir: str | Path,
-                      scan: HeadScan | None = None) -> dict:
+                      scan: HeadScan | None = None, photos: Collection[str] | None = None) -> dict:
     """Photos + calibration under `out` (photos/, calibration.json); the true mesh into gt_dir.
+    `photos` names the photos to render (all of them by default; the calibration lists all).
 
     With `scan` (a real textured scan) the views show that scan with its own texture, placed in
     the rig with its landmarks' centroid at SCAN_LANDMARK_CENTRE, and the truth is the scan and its
@@ -174,7 +176,7 @@ def write_light_stage(out: str | Path, model: FlameModel, shape: np.ndarray, gt_
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
     cams = dome_cameras()
-    for cam in cams:
+    for cam in cams if photos is None else [c for c in cams if c["image"] in photos]:
         rgb = render_view(scene, cam, projection, scan)
         cv2.imwrite(str(out / "photos" / cam["image"]), rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     calibration = {"units": "m", "convention": "OpenCV: x_cam = R · x_world + t; pixel centres at integers",
