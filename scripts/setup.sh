@@ -60,9 +60,10 @@ quietly() {  # run a command; show its output only when it fails
 }
 quietly "$VENV/bin/pip" install -q --no-compile --disable-pip-version-check uv==0.13.9
 pip_config=$("$VENV/bin/pip" config list 2>/dev/null || true)  # lines key='value', ":env:." for PIP_*
-pip_setting() {  # pip's value for a setting: its environment variable, else its configuration files
-  local line
-  line=$(grep -m1 -E "^:env:\.$1=" <<<"$pip_config" || grep -m1 -E "^global\.$1=" <<<"$pip_config" || true)
+pip_setting() {  # pip's value for a setting: its environment variable, else its configuration
+  local line       # files' [install] section, else their [global] one (pip's own precedence)
+  line=$(grep -m1 -E "^:env:\.$1=" <<<"$pip_config" || grep -m1 -E "^install\.$1=" <<<"$pip_config" ||
+         grep -m1 -E "^global\.$1=" <<<"$pip_config" || true)
   line=${line#*=}; line=${line#\'}; echo "${line%\'}"
 }
 uv_install=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps --index-strategy unsafe-best-match)
