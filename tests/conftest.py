@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,32 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real third-party test data not found at {SHARED_DATA} (it sits beside the repo in CI)")
     return SHARED_DATA
+
+
+def _low_priority() -> None:
+    os.nice(10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prebuilt(request, tmp_path_factory) -> Iterator[dict[str, list[Future]]]:
+    """Inputs that only later tests need (the load test's 20 sessions, the real-face takes) are
+    built from the start of the run in two spawned processes at low priority (nice 10): they take
+    the core-seconds the tests ahead of them leave idle (the suite keeps about 1.75 of 2 cores
+    busy), and a test that needs them waits only for what is left. A test module declares its
+    own as `background_builds(tmp_path_factory) -> {key: [(function, args), ...]}`; only the
+    modules of the tests being run are asked."""
+    jobs: dict[str, list] = {}
+    for module in sorted({item.module for item in request.session.items}, key=lambda m: m.__name__):
+        if hasattr(module, "background_builds"):
+            jobs.update(module.background_builds(tmp_path_factory))
+    if not jobs:
+        yield {}
+        return
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=_low_priority)
+    try:
+        yield {key: [pool.submit(fn, *args) for fn, args in calls] for key, calls in jobs.items()}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(scope="session")

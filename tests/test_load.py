@@ -23,17 +23,19 @@ def _build(args: tuple[Path, int]) -> Path:
                                 color_mode="720P")
 
 
-@pytest.fixture(scope="module")
-def small_sessions(tmp_path_factory) -> list[Path]:
+def background_builds(tmp_path_factory) -> dict:
     """20 different sessions of one 3.3 s take (own seeds: own videos, songs and offsets; just
     above the 3 s a segment needs), no light stage, recorded in the Kinect's 720p colour mode
     (this test is about many sessions at once; memory on 4K takes is checked on the sample
-    session's 20 s takes, test_ingest_flow); built two at a time."""
-    import multiprocessing
-
+    session's 20 s takes, test_ingest_flow); built in the background from the start of the run
+    (conftest.prebuilt)."""
     root = tmp_path_factory.mktemp("load")
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        return pool.map(_build, [(root / f"s{i:02d}", 100 + i) for i in range(SESSIONS)])
+    return {"small_sessions": [(_build, ((root / f"s{i:02d}", 100 + i),)) for i in range(SESSIONS)]}
+
+
+@pytest.fixture(scope="module")
+def small_sessions(prebuilt) -> list[Path]:
+    return [future.result() for future in prebuilt["small_sessions"]]
 
 
 def test_twenty_sessions_at_once(small_sessions, tmp_path, prefect_harness):

@@ -14,10 +14,10 @@ outliers; ≥ 90 % of the seconds with a face kept is the five-clip benchmark's 
 from __future__ import annotations
 
 import json
-import multiprocessing
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 #: A constant and a variable frame rate source, two people; the seeds of bench/realfaces.py (the
 #: clips' order there). Where cuts fall depends on the seeded motion: a cut that leaves a < 3 s
@@ -38,14 +38,21 @@ def _build(shared_data: Path, tmp: Path, clip: str, seed: int) -> Path:
                                   passes=PASSES)
 
 
+def background_builds(tmp_path_factory) -> dict:
+    """Both takes, built in the background from the start of the run (conftest.prebuilt)."""
+    if not SHARED_DATA.is_dir():
+        return {}
+    tmp = tmp_path_factory.mktemp("realfaces")
+    return {"real_sessions": [(_build, (SHARED_DATA, tmp, c, seed)) for c, seed in CLIPS.items()]}
+
+
 @pytest.fixture(scope="module")
-def real_takes(shared_data, tmp_path_factory, prefect_harness) -> dict[str, dict]:
+def real_takes(shared_data, prebuilt, prefect_harness) -> dict[str, dict]:
     from singinghead.flows.process_session import run_process_sessions
     from singinghead.samples.realfaces import score_take
 
-    tmp = tmp_path_factory.mktemp("realfaces")
-    with multiprocessing.get_context("spawn").Pool(2) as pool:  # both takes built at once
-        sessions = pool.starmap(_build, [(shared_data, tmp, c, seed) for c, seed in CLIPS.items()])
+    sessions = [future.result() for future in prebuilt["real_sessions"]]
+    tmp = sessions[0].parent
     run_process_sessions(sessions, tmp / "out")
     scores = {}
     for c, s in zip(CLIPS, sessions, strict=True):
