@@ -7,6 +7,9 @@ WORKDIR /opt/singinghead
 COPY requirements.lock pyproject.toml README.md ./
 RUN pip install --no-cache-dir -r requirements.lock \
     && pip install --no-cache-dir --no-deps facenet-pytorch==2.6.0
+# librosa's numba gufuncs are compiled once here, not by the workers at the same moment (their
+# caches can then mismatch and crash a worker: see scripts/setup.sh).
+RUN python -c "import librosa.beat, librosa.util.utils"
 COPY singinghead ./singinghead
 COPY deploy/dask.yaml /etc/dask/singinghead.yaml
 RUN pip install --no-cache-dir --no-deps -e .

@@ -45,8 +45,8 @@ echo "setup: installing pinned dependencies into $VENV (first run takes a few mi
 # processes side by side). It is itself installed with pip, and does not read pip's
 # configuration, so the indexes, find-links, constraints and certificate pip is configured with
 # (its PIP_* environment, else its configuration files) are handed to it; with several indexes
-# every one is considered, as pip does, the first listed winning a tie (local mirrors before
-# PyPI). Like `pip --no-compile`, uv leaves bytecode to the first import, so only the modules
+# every one is considered, as pip does, the first listed winning a tie (the order is given below).
+# Like `pip --no-compile`, uv leaves bytecode to the first import, so only the modules
 # used are compiled.
 quietly() {  # run a command; show its output only when it fails
   local log
@@ -89,10 +89,28 @@ grep -v -E "$torch" "$lock/all" > "$lock/rest" || true
 main_first=(--index "$main" "${mirrors[@]}" --default-index "$main")
 quietly "${uv_install[@]}" "${mirrors[@]}" --default-index "$main" -r "$lock/torch" || exit 1
 quietly "${uv_install[@]}" "${main_first[@]}" -r "$lock/rest" || exit 1
+# (facenet-pytorch, installed below against its pins, is set aside while the lock is checked)
+"$VENV/bin/uv" pip uninstall -q --python "$VENV/bin/python" facenet-pytorch >/dev/null 2>&1 || true
 quietly "$VENV/bin/uv" pip check --python "$VENV/bin/python" || {
   echo "setup: requirements.lock is not self-consistent" >&2; exit 1; }
 # facenet-pytorch pins an old torch and numpy; its code runs fine on ours.
 quietly "${uv_install[@]}" "${main_first[@]}" facenet-pytorch==2.6.0 || exit 1
 quietly "${uv_install[@]}" --no-build-isolation -e . || exit 1
+# librosa compiles its numba gufuncs when it is imported and caches them beside its sources.
+# Processes compiling them at the same moment (a fresh .venv's first Dask workers and flow runs)
+# can cache a gufunc's kernel and its wrapper from different compilations, whose symbols do not
+# match; a process that loads such a pair dies of a segmentation fault at its first call (numba
+# issue #10128; it killed a clean-clone `make test`). So they are compiled here, once, by one
+# process, after any cache an earlier install left is cleared: later processes only read them.
+quietly "$VENV/bin/python" - <<'PY' || exit 1
+import importlib.util
+from pathlib import Path
+
+root = Path(importlib.util.find_spec("librosa").origin).parent
+for cached in [*root.rglob("__pycache__/*.nbi"), *root.rglob("__pycache__/*.nbc")]:
+    cached.unlink()
+import librosa.beat  # noqa: E402,F401  (compiles the beat tracker's gufuncs)
+import librosa.util.utils  # noqa: E402,F401  (localmax, localmin, peak_pick, ...)
+PY
 echo "$want" > "$STAMP"
 echo "setup: $VENV is ready"
