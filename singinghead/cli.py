@@ -194,8 +194,8 @@ def _print_summary(summary: dict) -> None:
                      f"{fit['scan_to_mesh_mm']['p50']:.2f} / {fit['scan_to_mesh_mm']['p95']:.2f}",
                      "\n".join(Path(u).name for u in light["scan"] + light["fit"]))
         console.print(scan)
-        if lmk.get("warning"):
-            console.print(f"[yellow]scan landmarks[/]: {lmk['warning']}")
+        for flag in shape.get("flags", []):  # the scan's landmark warning among them; every window carries them
+            console.print(f"[yellow]subject shape flagged[/]: {flag}")
     elif light["status"] == "failed":
         console.print(f"[red]light stage not used[/]: {light['problem']} (the subject keeps the monocular shape)")
     ran = sorted(set(summary["submitted"]) | set(summary["crop_submitted"]) | set(summary["audio_submitted"])

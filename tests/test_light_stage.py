@@ -150,6 +150,7 @@ def test_scan_landmarks_and_fitted_head(scan_outputs, truth, processed_sample, s
     fit = json.loads(scan_outputs["scan_fit.json"].read_text())
     shape_info = json.loads((Path(processed_sample["out"]) / "sessions/sample000/subject_shape.json").read_text())
     assert shape_info["source"] == "light-stage scan fit" and shape_info["shape"] == fit["shape"]
+    assert fit["flags"] == shape_info["flags"] == []  # photographed landmarks, a fit that meets them
     model = load_flame(Path(processed_sample["out"]) / "assets" / "flame-ict")
     fitted = np.asarray(o3d.io.read_triangle_mesh(str(scan_outputs["fitted_flame.ply"])).vertices)
     fitted_lmk = np.einsum("lc,lcx->lx", model.lmk_bary_coords, fitted[model.faces[model.lmk_faces_idx]])

@@ -138,8 +138,40 @@ def test_a_scan_without_colour_is_flagged(james, tmp_path):
     assert not grey.has_colour
     found, _, _, report = scan_import.find_landmarks(grey, bare)
     assert report["coloured"] is False and "give the scan's landmarks" in report["warning"]
+    from singinghead.tasks.scan_fit import fit_flags
+    fitted_well = {"landmark_residual_mm": {"median": 2.8, "max": 7.0}}  # the textured scan's fit (bench/scan.py)
+    assert fit_flags({"landmarks": report}, fitted_well) == [f"scan landmarks {report['warning']}"]
     truth = read_scan(james / "scans" / "james.obj", "mm", james / "scans" / "james.ljson").landmarks
     assert np.median(_inner_error_mm(found, truth)) < 8.0
+
+
+def test_a_scan_fit_that_misses_its_landmarks_is_flagged(james, tmp_path):
+    """The real scan fitted with its hand-placed landmarks in dlib's order ends 2.7 mm (median) from
+    them: its shape carries no flag. The same points given in the file's own label-group order, a
+    slip the import's checks let through (points 37 and 46 are still a face apart and every point
+    lies on the surface), leave the fit 26 mm (median) from them: flagged, so every window of the
+    subject says so."""
+    import torch
+
+    from singinghead.flame.ict import write_model
+    from singinghead.flame.layer import FlameLayer
+    from singinghead.flame.model import load_flame
+    from singinghead.tasks import scan_fit
+
+    raw = json.loads((james / "scans" / "james.ljson").read_text())["groups"]["LJSON"]["landmarks"]["points"]
+    np.savetxt(james / "scans" / "label_group_order.txt", np.asarray(raw, dtype=np.float64))
+    layer = FlameLayer(load_flame(write_model(tmp_path / "flame")), dtype=torch.float64)
+    flags = {}
+    for name in ("james.ljson", "label_group_order.txt"):
+        scan, landmarks, _, _ = scan_import.import_scan(
+            james, LightStage(scan="scans/james.obj", units="mm", landmarks=f"scans/{name}"))
+        fit = scan_fit.fit_scan(layer, scan.points, landmarks, init_shape=None)
+        flags[name] = scan_fit.fit_flags(scan.report, fit.report)
+        median = fit.report["landmark_residual_mm"]["median"]
+        assert (median < 4.0) if name == "james.ljson" else (median > 15.0), (name, median)
+    assert flags["james.ljson"] == []
+    assert len(flags["label_group_order.txt"]) == 1
+    assert flags["label_group_order.txt"][0].startswith("scan fit landmarks ")
 
 
 def _linked_copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
@@ -186,5 +218,5 @@ def test_the_sample_head_as_a_scan_in_mm_goes_through_the_flow(sample_session, p
     error = np.linalg.norm(head_mesh(model, np.asarray(fit["shape"]))[0] - head_mesh(model, true_shape)[0], axis=1)
     assert error[model.masks["face"]].mean() * 1000 < 1.5
     shape = json.loads((out / "sessions" / "sample000" / "subject_shape.json").read_text())
-    assert shape["source"] == "light-stage scan fit" and shape["shape"] == fit["shape"]
+    assert shape["source"] == "light-stage scan fit" and shape["shape"] == fit["shape"] and shape["flags"] == []
     assert sorted(summary["flame_submitted"]) == sorted(t["id"] for t in manifest["takes"])  # new shape: new motion

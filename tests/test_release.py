@@ -193,7 +193,8 @@ def test_unverified_sync_reaches_the_manifest_the_card_and_the_qa_page(releases)
 def test_a_shape_without_scan_fit_is_flagged_in_the_windows(releases, tmp_path):
     """The sample's shape comes from its light-stage scan fit: no window carries a shape flag. The
     same segment whose motion says its shape is the monocular mean (a session without a usable
-    light stage) gives windows flagged for it, so training can filter them."""
+    light stage) gives windows flagged for it, so training can filter them; so does a scan fit the
+    session index names as flagged."""
     from singinghead.tasks.windows import segment_windows
 
     rows = store.read_manifest(releases["rel"]).to_pylist()
@@ -210,6 +211,13 @@ def test_a_shape_without_scan_fit_is_flagged_in_the_windows(releases, tmp_path):
     assert len(windows) == len(scan_fit) > 0
     for w, ref in zip(windows, scan_fit, strict=True):
         assert w.row["qa_flags"] == ref.row["qa_flags"] + ["shape: monocular mean, no scan fit"]
+    # A scan fit flagged by its own checks (scan_fit.fit_flags) flags every window of the subject.
+    segment["motion"] = dict(index["takes"]["take01"]["segments"][0])["motion"]
+    index["subject_shape"]["flags"] = ["scan fit landmarks 31.0 mm (median) from the scan's > 10"]
+    flagged = segment_windows(index, "take01", segment)
+    for w, ref in zip(flagged, scan_fit, strict=True):
+        assert w.row["qa_flags"] == ref.row["qa_flags"] + ["shape: scan fit landmarks 31.0 mm (median) from the "
+                                                           "scan's > 10"]
 
 
 def test_splits_are_deterministic_and_proportional(releases):

@@ -131,6 +131,8 @@ def motion_markdown(session_id: str, reports: dict[str, dict], shape_info: dict 
                      f"p95 {fit['scan_to_mesh_mm']['p95']:.2f} mm; landmark residual median "
                      f"{fit['landmark_residual_mm']['median']:.1f} mm")
         text += ").\n"
+        for flag in shape_info.get("flags", []):
+            text += f"\nShape flagged (every window of the subject carries it): {flag}\n"
         if "light_stage_problem" in shape_info:
             text += f"\nLight stage not used: {shape_info['light_stage_problem']}\n"
     return text
@@ -351,7 +353,8 @@ def process_session(session_dir: str, out: str) -> dict:
             if fit_refs is not None:
                 fit = scan_fit.read_fit(fit_refs)
                 light_stage["fit_refs"] = fit_refs
-                shape_info.update(source=SHAPE_SCAN, shape=fit["shape"], scan_fit=fit["report"], scan=fit["scan"])
+                shape_info.update(source=SHAPE_SCAN, shape=fit["shape"], scan_fit=fit["report"], scan=fit["scan"],
+                                  flags=fit["flags"])
         if light_stage["status"] == "failed":
             shape_info["light_stage_problem"] = light_stage["problem"]
         _publish_if_changed(files.join(session_url, "subject_shape.json"),

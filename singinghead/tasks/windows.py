@@ -71,7 +71,8 @@ def _read_wav(url: str) -> np.ndarray:
 
 
 def qa_flags(error: np.ndarray, confidence: np.ndarray, outliers: list[list[str]], audio_flags: list[str],
-             sync_flags: list[str], shape_source: str = SHAPE_SCAN) -> list[str]:
+             sync_flags: list[str], shape_source: str = SHAPE_SCAN, shape_flags: list[str] | tuple = ()
+             ) -> list[str]:
     flags = [f"sync: {f}" for f in sync_flags] + [f"audio: {f}" for f in audio_flags]
     finite = error[np.isfinite(error)]
     if len(finite) < len(error):
@@ -88,7 +89,7 @@ def qa_flags(error: np.ndarray, confidence: np.ndarray, outliers: list[list[str]
         flags.append(f"landmarks: low confidence in {low:.0%} of frames")
     if shape_source != SHAPE_SCAN:  # e.g. no light stage, or it failed: the weaker monocular shape
         flags.append(f"shape: {shape_source or 'of unknown source'}, no scan fit")
-    return flags
+    return flags + [f"shape: {f}" for f in shape_flags]  # the scan fit's own (scan_fit.fit_flags)
 
 
 def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, split_by: str = "sequence",
@@ -99,6 +100,7 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
     table = files.read_parquet(segment["motion"])
     shape = np.asarray(json.loads(table.schema.metadata[b"shape"]), dtype=np.float32)
     shape_source = table.schema.metadata.get(b"shape_source", b"").decode()
+    shape_flags = (index.get("subject_shape") or {}).get("flags", [])
     t = table.to_pydict()
     n = len(t["frame"]) // R.WINDOW_FRAMES
     if n == 0:
@@ -142,7 +144,8 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
             "video_to_mic_s": take["video_to_mic_s"], "mic_to_song_s": take["mic_to_song_s"],
             "sync_status": take.get("sync_status", "unknown"),
             "qa_flags": qa_flags(arrays["reprojection_error_px"][a:b], arrays["landmark_confidence"][a:b],
-                                 t["outliers"][a:b], segment["audio_flags"], take["sync_flags"], shape_source),
+                                 t["outliers"][a:b], segment["audio_flags"], take["sync_flags"], shape_source,
+                                 shape_flags),
         }
         out.append(Window(row, sing.astype(np.float32), music.astype(np.float32), segment["video"],
                           video_start_s=float(ts[a] - ts[0])))
