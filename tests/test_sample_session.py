@@ -96,6 +96,29 @@ def test_detector_finds_the_face_where_ground_truth_says(sample_session):
             assert ix * iy / (union - ix * iy) > 0.5, i
 
 
+def test_a_720p_session_gives_its_truth_in_its_own_pixels(short_session):
+    """A session recorded in the Kinect's 720p mode: MTCNN on its decoded frames finds the face
+    where the ground truth puts it, box and centre, in the 1280×720 track's pixels."""
+    from facenet_pytorch import MTCNN
+
+    gt = json.loads((short_session / "ground_truth/ground_truth.json").read_text())
+    assert (gt["video"]["width"], gt["video"]["height"]) == (1280, 720)
+    mtcnn = MTCNN(keep_all=True, device="cpu")
+    f = _frames(short_session, "take01")
+    rows = np.flatnonzero(f["recorded"])  # the recording's k-th frame is the k-th recorded one
+    with KinectRecording(short_session / "takes/take01/kinect.mkv") as rec:
+        for i, _, img in rec.frames(step=30):
+            boxes, _ = mtcnn.detect(img)
+            assert boxes is not None and len(boxes) == 1, i
+            box, gt_box, centre = boxes[0], f["face_box"][rows[i]], f["centre_xy"][rows[i]]
+            ix = max(0, min(box[2], gt_box[2]) - max(box[0], gt_box[0]))
+            iy = max(0, min(box[3], gt_box[3]) - max(box[1], gt_box[1]))
+            union = (box[2] - box[0]) * (box[3] - box[1]) + (gt_box[2] - gt_box[0]) * (gt_box[3] - gt_box[1])
+            assert ix * iy / (union - ix * iy) > 0.5, i
+            width = box[2] - box[0]
+            assert np.linalg.norm((box[:2] + box[2:]) / 2 - centre) < 0.25 * width, (i, box, centre)
+
+
 def test_same_seed_same_session(tmp_path):
     """The same seed gives the same files. Determinism does not depend on the resolution: the
     takes are recorded in 720p to save time. The second build leaves out the light stage (51

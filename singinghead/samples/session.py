@@ -42,7 +42,8 @@ from singinghead.schemas.manifest import (
 )
 from singinghead.storage.assets import ffmpeg_exe
 
-GENERATOR_VERSION = "8"  # 7: frame drops (ground truth `recorded`); 8: speckle in float32
+GENERATOR_VERSION = "9"  # 7: frame drops (ground truth `recorded`); 8: speckle in float32;
+# 9: `centre_xy` in the colour track's pixels at every colour mode (it was 4K px)
 MIC_SR, SONG_SR = 48_000, 44_100
 
 #: Per take: song metadata, leans [(s, Δx px)], log offsets, and the log's error on video→mic.
@@ -60,7 +61,8 @@ GROUND_TRUTH_README = """\
 Everything here is known by construction (singinghead.samples); the pipeline never reads it.
 
 `ground_truth.json`
-- `camera`: colour intrinsics K (3×3, px) of the 3840×2160 track; no distortion.
+- `camera`: colour intrinsics K (3×3, px) of the colour track (`video`: 3840×2160, or 1280×720 in
+  the 720p mode); no distortion. Every pixel position here is in that track's pixels.
 - `takes.<id>.offsets_s`: true `mic_to_song` (song time of mic sample 0) and `video_to_mic`
   (mic time of video frame 0); `log_offsets_s` is what the capture log in session.yaml says.
 - `takes.<id>.cuts_s`: times of the sideways leans that move the face out of a fixed crop box.
@@ -175,7 +177,7 @@ def build_sample_session(
             np.savez_compressed(
                 gt_dir / f"{spec['id']}_frames.npz",
                 time_s=t_video, affine=np.stack([motion.affine(i) for i in range(n_frames)]),
-                centre_xy=motion.centre_xy, roll_deg=motion.roll_deg, scale=motion.scale,
+                centre_xy=motion.centre_xy * motion.canvas_scale, roll_deg=motion.roll_deg, scale=motion.scale,
                 jaw_px=motion.jaw_px, mouth_opening=mouth_frames.astype(np.float32), landmarks=lmk,
                 face_box=np.concatenate([lmk.min(1), lmk.max(1)], axis=1), recorded=recorded,
             )
