@@ -98,6 +98,13 @@ def test_landmarks_as_text_in_dlib_order(james, tmp_path):
         return err.value.problem
 
     assert "outer eye corners" in refused("in_metres.txt", truth / 1000)
+    raw = json.loads((james / "scans" / "james.ljson").read_text())["groups"]["LJSON"]["landmarks"]["points"]
+    assert "do not make a face in dlib's order" in refused("label_group_order.txt", np.asarray(raw))  # chirality +0.84
+    mirrored = [16 - i for i in range(17)] + [26 - i for i in range(5)] + [21 - i for i in range(5)] + \
+        [27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40] + \
+        [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+    assert sorted(mirrored) == list(range(68))
+    assert "left and right are swapped" in refused("mirrored.txt", truth[mirrored])  # chirality +0.89
     assert "mm off the scan's surface" in refused("elsewhere.txt", truth + [0.0, 0.0, 60.0])  # another frame
 
 
@@ -147,10 +154,9 @@ def test_a_scan_without_colour_is_flagged(james, tmp_path):
 
 def test_a_scan_fit_that_misses_its_landmarks_is_flagged(james, tmp_path):
     """The real scan fitted with its hand-placed landmarks in dlib's order ends 2.7 mm (median) from
-    them: its shape carries no flag. The same points given in the file's own label-group order, a
-    slip the import's checks let through (points 37 and 46 are still a face apart and every point
-    lies on the surface), leave the fit 26 mm (median) from them: flagged, so every window of the
-    subject says so."""
+    them: its shape carries no flag. Fitted to the same points in the file's own label-group order
+    (which the import refuses, above; a scan fit given them another way must still not pass
+    silently) it ends 26 mm (median) from them: flagged, so every window of the subject says so."""
     import torch
 
     from singinghead.flame.ict import write_model
@@ -158,20 +164,18 @@ def test_a_scan_fit_that_misses_its_landmarks_is_flagged(james, tmp_path):
     from singinghead.flame.model import load_flame
     from singinghead.tasks import scan_fit
 
+    scan, landmarks, _, _ = scan_import.import_scan(
+        james, LightStage(scan="scans/james.obj", units="mm", landmarks="scans/james.ljson"))
     raw = json.loads((james / "scans" / "james.ljson").read_text())["groups"]["LJSON"]["landmarks"]["points"]
-    np.savetxt(james / "scans" / "label_group_order.txt", np.asarray(raw, dtype=np.float64))
     layer = FlameLayer(load_flame(write_model(tmp_path / "flame")), dtype=torch.float64)
     flags = {}
-    for name in ("james.ljson", "label_group_order.txt"):
-        scan, landmarks, _, _ = scan_import.import_scan(
-            james, LightStage(scan="scans/james.obj", units="mm", landmarks=f"scans/{name}"))
-        fit = scan_fit.fit_scan(layer, scan.points, landmarks, init_shape=None)
+    for name, points in (("dlib order", landmarks), ("label-group order", np.asarray(raw) / 1000)):
+        fit = scan_fit.fit_scan(layer, scan.points, points, init_shape=None)
         flags[name] = scan_fit.fit_flags(scan.report, fit.report)
         median = fit.report["landmark_residual_mm"]["median"]
-        assert (median < 4.0) if name == "james.ljson" else (median > 15.0), (name, median)
-    assert flags["james.ljson"] == []
-    assert len(flags["label_group_order.txt"]) == 1
-    assert flags["label_group_order.txt"][0].startswith("scan fit landmarks ")
+        assert (median < 4.0) if name == "dlib order" else (median > 15.0), (name, median)
+    assert flags["dlib order"] == []
+    assert len(flags["label-group order"]) == 1 and flags["label-group order"][0].startswith("scan fit landmarks ")
 
 
 def _linked_copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:

@@ -198,6 +198,17 @@ def find_landmarks(scan: HeadScan, source: Path) -> tuple[np.ndarray, np.ndarray
     return photogrammetry.snap_to_surface(raw, scan.vertices, scan.triangles), raw, residual, report
 
 
+def facing(landmarks: np.ndarray) -> float:
+    """Cosine between the normal of the eye line × the face's down line and the nose tip's
+    direction out of the eye line, for 68 points in dlib's order (right-handed coordinates):
+    about -0.85 for a face (the real scan's hand-placed points -0.89, the ICT head's -0.84),
+    positive when the points are mirrored (left and right swapped) or in another order (the
+    real scan's file order +0.84): a face is chiral, and its points must be too."""
+    normal = np.cross(landmarks[45] - landmarks[36], landmarks[8] - landmarks[27])
+    out = landmarks[30] - (landmarks[36] + landmarks[45]) / 2
+    return float(normal @ out / (np.linalg.norm(normal) * np.linalg.norm(out) + 1e-12))
+
+
 def import_scan(root: Path, light_stage: LightStage) -> tuple[photogrammetry.Scan, np.ndarray, np.ndarray,
                                                                np.ndarray]:
     """(scan, landmarks, landmarks before snapping, residual px) of a ready-made scan."""
@@ -213,6 +224,12 @@ def import_scan(root: Path, light_stage: LightStage) -> tuple[photogrammetry.Sca
             raise InputError(root / light_stage.landmarks, f"points 37 and 46 (dlib's outer eye corners) are "
                                                            f"{eyes_mm:.3g} mm apart, a face's are about 100: give the "
                                                            "landmarks in the scan's units, in dlib's order")
+        if not facing(raw) < -0.3:
+            raise InputError(root / light_stage.landmarks, f"the landmarks do not make a face in dlib's order (its "
+                                                           f"chirality {facing(raw):+.2f}, a face's about -0.85): "
+                                                           "left and right are swapped, or the points follow another "
+                                                           "order (a file's own label groups): give them in dlib's "
+                                                           "order, point 37 on the subject's right eye")
         if np.median(offset) > MAX_GIVEN_OFF_SURFACE_MM:
             raise InputError(root / light_stage.landmarks, f"the landmarks lie {np.median(offset):.0f} mm off the "
                                                            "scan's surface (median): give them in the scan's units "
