@@ -99,12 +99,14 @@ def test_landmarks_as_text_in_dlib_order(james, tmp_path):
 
     assert "outer eye corners" in refused("in_metres.txt", truth / 1000)
     raw = json.loads((james / "scans" / "james.ljson").read_text())["groups"]["LJSON"]["landmarks"]["points"]
-    assert "do not make a face in dlib's order" in refused("label_group_order.txt", np.asarray(raw))  # chirality +0.84
+    assert "do not make a face in dlib's order: the nose tip (point 31) stands -1.10 " in refused(
+        "label_group_order.txt", np.asarray(raw))
     mirrored = [16 - i for i in range(17)] + [26 - i for i in range(5)] + [21 - i for i in range(5)] + \
         [27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40] + \
         [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
     assert sorted(mirrored) == list(range(68))
-    assert "left and right are swapped" in refused("mirrored.txt", truth[mirrored])  # chirality +0.89
+    assert "stands -0.48 inter-ocular distances" in refused("mirrored.txt", truth[mirrored])  # behind the face
+    assert scan_import.nose_protrusion(truth) == pytest.approx(0.48, abs=0.01)
     assert "mm off the scan's surface" in refused("elsewhere.txt", truth + [0.0, 0.0, 60.0])  # another frame
 
 

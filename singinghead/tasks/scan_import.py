@@ -46,6 +46,7 @@ VIEW_YAWS_DEG = (-40, -20, 0, 20, 40)
 VIEW_PITCHES_DEG = (-15, 0, 15)
 MIN_SCORE = 0.95
 MAX_GIVEN_OFF_SURFACE_MM = 10.0
+MIN_NOSE_PROTRUSION = 0.15  # inter-ocular distances: a face's nose stands ~0.45 out (`nose_protrusion`)
 
 
 def surface_points(scan: HeadScan, n: int = POINTS, seed: int = 0) -> np.ndarray:
@@ -198,15 +199,17 @@ def find_landmarks(scan: HeadScan, source: Path) -> tuple[np.ndarray, np.ndarray
     return photogrammetry.snap_to_surface(raw, scan.vertices, scan.triangles), raw, residual, report
 
 
-def facing(landmarks: np.ndarray) -> float:
-    """Cosine between the normal of the eye line × the face's down line and the nose tip's
-    direction out of the eye line, for 68 points in dlib's order (right-handed coordinates):
-    about -0.85 for a face (the real scan's hand-placed points -0.89, the ICT head's -0.84),
-    positive when the points are mirrored (left and right swapped) or in another order (the
-    real scan's file order +0.84): a face is chiral, and its points must be too."""
-    normal = np.cross(landmarks[45] - landmarks[36], landmarks[8] - landmarks[27])
-    out = landmarks[30] - (landmarks[36] + landmarks[45]) / 2
-    return float(normal @ out / (np.linalg.norm(normal) * np.linalg.norm(out) + 1e-12))
+def nose_protrusion(landmarks: np.ndarray) -> float:
+    """How far the nose tip stands in front of the plane through the outer eye corners and the
+    chin, in inter-ocular distances, for 68 points in dlib's order in right-handed coordinates
+    ("in front": the side the face looks to when point 37 is the subject's right eye). About
+    +0.45 for a face (the real scan's hand-placed points +0.48, the ICT head's +0.44); negative
+    when left and right are swapped (-0.48) and meaningless for another order (the real scan's
+    own label-group order: -1.1). A face is chiral, so its points must be."""
+    eyes = landmarks[45] - landmarks[36]
+    normal = np.cross(landmarks[8] - landmarks[36], eyes)
+    normal /= np.linalg.norm(normal) + 1e-12
+    return float((landmarks[30] - landmarks[36]) @ normal / (np.linalg.norm(eyes) + 1e-12))
 
 
 def import_scan(root: Path, light_stage: LightStage) -> tuple[photogrammetry.Scan, np.ndarray, np.ndarray,
@@ -224,12 +227,13 @@ def import_scan(root: Path, light_stage: LightStage) -> tuple[photogrammetry.Sca
             raise InputError(root / light_stage.landmarks, f"points 37 and 46 (dlib's outer eye corners) are "
                                                            f"{eyes_mm:.3g} mm apart, a face's are about 100: give the "
                                                            "landmarks in the scan's units, in dlib's order")
-        if not facing(raw) < -0.3:
-            raise InputError(root / light_stage.landmarks, f"the landmarks do not make a face in dlib's order (its "
-                                                           f"chirality {facing(raw):+.2f}, a face's about -0.85): "
-                                                           "left and right are swapped, or the points follow another "
-                                                           "order (a file's own label groups): give them in dlib's "
-                                                           "order, point 37 on the subject's right eye")
+        nose = nose_protrusion(raw)
+        if not nose > MIN_NOSE_PROTRUSION:
+            raise InputError(root / light_stage.landmarks,
+                             f"the landmarks do not make a face in dlib's order: the nose tip (point 31) stands "
+                             f"{nose:+.2f} inter-ocular distances in front of the eye corners and chin, a face's "
+                             "about +0.45. Left and right are swapped, or the points follow another order (a file's "
+                             "own label groups): give them in dlib's order, point 37 on the subject's right eye")
         if np.median(offset) > MAX_GIVEN_OFF_SURFACE_MM:
             raise InputError(root / light_stage.landmarks, f"the landmarks lie {np.median(offset):.0f} mm off the "
                                                            "scan's surface (median): give them in the scan's units "
