@@ -39,6 +39,12 @@ def _inner_error_mm(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.linalg.norm(found[17:] - truth[17:], axis=1) * 1000
 
 
+def _file_order_points(james: Path) -> np.ndarray:
+    """The real scan's 68 landmarks (mm) in its file's own label-group order, not dlib's."""
+    ljson = json.loads((james / "scans" / "james.ljson").read_text())
+    return np.asarray(ljson["groups"]["LJSON"]["landmarks"]["points"], dtype=np.float64)
+
+
 def test_a_manifest_names_a_scan_with_its_units(sample_session, tmp_path):
     """A scan needs units; photos and a scan are not both given; paths are checked like the others."""
     session = tmp_path / "session"
@@ -98,9 +104,8 @@ def test_landmarks_as_text_in_dlib_order(james, tmp_path):
         return err.value.problem
 
     assert "outer eye corners" in refused("in_metres.txt", truth / 1000)
-    raw = json.loads((james / "scans" / "james.ljson").read_text())["groups"]["LJSON"]["landmarks"]["points"]
     assert "do not make a face in dlib's order: the nose tip (point 31) stands -1.10 " in refused(
-        "label_group_order.txt", np.asarray(raw))
+        "label_group_order.txt", _file_order_points(james))
     mirrored = [16 - i for i in range(17)] + [26 - i for i in range(5)] + [21 - i for i in range(5)] + \
         [27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40] + \
         [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
@@ -168,10 +173,9 @@ def test_a_scan_fit_that_misses_its_landmarks_is_flagged(james, tmp_path):
 
     scan, landmarks, _, _ = scan_import.import_scan(
         james, LightStage(scan="scans/james.obj", units="mm", landmarks="scans/james.ljson"))
-    raw = json.loads((james / "scans" / "james.ljson").read_text())["groups"]["LJSON"]["landmarks"]["points"]
     layer = FlameLayer(load_flame(write_model(tmp_path / "flame")), dtype=torch.float64)
     flags = {}
-    for name, points in (("dlib order", landmarks), ("label-group order", np.asarray(raw) / 1000)):
+    for name, points in (("dlib order", landmarks), ("label-group order", _file_order_points(james) / 1000)):
         fit = scan_fit.fit_scan(layer, scan.points, points, init_shape=None)
         flags[name] = scan_fit.fit_flags(scan.report, fit.report)
         median = fit.report["landmark_residual_mm"]["median"]

@@ -212,7 +212,7 @@ def test_a_shape_without_scan_fit_is_flagged_in_the_windows(releases, tmp_path):
     for w, ref in zip(windows, scan_fit, strict=True):
         assert w.row["qa_flags"] == ref.row["qa_flags"] + ["shape: monocular mean, no scan fit"]
     # A scan fit flagged by its own checks (scan_fit.fit_flags) flags every window of the subject.
-    segment["motion"] = dict(index["takes"]["take01"]["segments"][0])["motion"]
+    segment["motion"] = index["takes"]["take01"]["segments"][0]["motion"]
     index["subject_shape"]["flags"] = ["scan fit landmarks 31.0 mm (median) from the scan's > 10"]
     flagged = segment_windows(index, "take01", segment)
     for w, ref in zip(flagged, scan_fit, strict=True):

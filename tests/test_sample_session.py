@@ -20,6 +20,14 @@ def _frames(sample_session, take):
     return np.load(sample_session / f"ground_truth/{take}_frames.npz")
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two x0, y0, x1, y1 boxes."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+    return ix * iy / (union - ix * iy)
+
+
 def test_song_is_the_sum_of_its_stems(sample_session):
     for take in ("take01", "take02"):
         song, sr = sf.read(sample_session / f"songs/{take}.flac")
@@ -90,10 +98,7 @@ def test_detector_finds_the_face_where_ground_truth_says(sample_session):
             assert boxes is not None and len(boxes) == 1, i
             box = boxes[0] * 4
             gt_box = f["face_box"][i]
-            ix = max(0, min(box[2], gt_box[2]) - max(box[0], gt_box[0]))
-            iy = max(0, min(box[3], gt_box[3]) - max(box[1], gt_box[1]))
-            union = (box[2] - box[0]) * (box[3] - box[1]) + (gt_box[2] - gt_box[0]) * (gt_box[3] - gt_box[1])
-            assert ix * iy / (union - ix * iy) > 0.5, i
+            assert _iou(box, gt_box) > 0.5, i
 
 
 def test_a_720p_session_gives_its_truth_in_its_own_pixels(short_session):
@@ -111,10 +116,7 @@ def test_a_720p_session_gives_its_truth_in_its_own_pixels(short_session):
             boxes, _ = mtcnn.detect(img)
             assert boxes is not None and len(boxes) == 1, i
             box, gt_box, centre = boxes[0], f["face_box"][rows[i]], f["centre_xy"][rows[i]]
-            ix = max(0, min(box[2], gt_box[2]) - max(box[0], gt_box[0]))
-            iy = max(0, min(box[3], gt_box[3]) - max(box[1], gt_box[1]))
-            union = (box[2] - box[0]) * (box[3] - box[1]) + (gt_box[2] - gt_box[0]) * (gt_box[3] - gt_box[1])
-            assert ix * iy / (union - ix * iy) > 0.5, i
+            assert _iou(box, gt_box) > 0.5, i
             width = box[2] - box[0]
             assert np.linalg.norm((box[:2] + box[2:]) / 2 - centre) < 0.25 * width, (i, box, centre)
 
