@@ -91,16 +91,27 @@ def test_a_short_take_moves_on_while_a_long_one_is_still_running(tmp_path, prefe
 
 
 def test_a_pipelines_tasks_carry_its_dask_priority(prefect_harness):
-    """The flow ranks takes longest first; each pipeline's tasks reach Dask with its rank."""
+    """Each pipeline's tasks reach Dask with its priority (the flow's light stage goes first),
+    and a step's own priority (the flow's work left in a take) overrides its pipeline's."""
     submitted = {"one": []}
 
-    def take(name: str):
-        return (yield from _step("s", name, "one", lambda: None, lambda: dask_priority.submit(), submitted))
+    def take(name: str, own: int | None = None):
+        return (yield from _step("s", name, "one", lambda: None, lambda: dask_priority.submit(), submitted, own))
 
     @flow(task_runner=task_runner())
     def takes() -> dict:
-        return run_pipelines({"long": take("long"), "short": take("short"), "plain": take("plain")},
-                             {"long": 2, "short": 1})
+        return run_pipelines({"long": take("long"), "short": take("short"), "plain": take("plain"),
+                              "own": take("own", 7)}, {"long": 2, "short": 1, "own": 3})
 
     results = takes()
-    assert {k: r["refs"] for k, r in results.items()} == {"long": 2, "short": 1, "plain": 0}
+    assert {k: r["refs"] for k, r in results.items()} == {"long": 2, "short": 1, "plain": 0, "own": 7}
+
+
+def test_the_step_with_most_work_left_goes_first():
+    """A take's crop outranks any take's later steps of the same length, a longer take's step a
+    shorter one's same step, and the order follows the video's size."""
+    from singinghead.flows.process_session import STEPS, WORK_LEFT, work_left
+
+    take_steps = [s for s in STEPS if s in WORK_LEFT]
+    assert [work_left(10**7, s) for s in take_steps] == sorted((work_left(10**7, s) for s in take_steps), reverse=True)
+    assert work_left(2 * 10**7, "audio") > work_left(10**7, "audio") > work_left(10**7, "flame frames")

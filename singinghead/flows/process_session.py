@@ -49,6 +49,17 @@ from singinghead.tasks import audio, crop, flame_fit, ingest, photogrammetry, sc
 STEPS = ("ingest", "crop", "audio", "flame frames", "scan", "scan fit", "flame sequence")
 #: The light stage's row beside the takes' (progress, pipelines).
 LIGHT_STAGE = "light stage"
+#: Task time left in a take from each step on, per second of video (the sample's 4K takes here:
+#: crop 2.5, audio 0.3, frame fits 1.5, sequence fit 0.8 s per second). A take's tasks reach Dask
+#: with this × the video's size as their priority: of the queued tasks, the one with the most work
+#: behind it runs first (critical path first), so a take's crop does not wait behind another take's
+#: later steps while the light stage holds the other worker.
+WORK_LEFT = {"ingest": 5.2, "crop": 5.1, "audio": 2.6, "flame frames": 2.3, "flame sequence": 0.8}
+
+
+def work_left(video_bytes: int, step: str) -> int:
+    """Dask priority of a take's `step` (WORK_LEFT; the video's size stands for its length)."""
+    return round(WORK_LEFT[step] * video_bytes / 1e5)
 
 
 def _raw_files(catalog: Catalog, root: Path, take) -> list[RawFile]:
@@ -187,16 +198,19 @@ _tell = _PROGRESS.tell
 
 
 def _step(session_id: str, take_id: str, step: str, done: Callable[[], object], submit: Callable[[], PrefectFuture],
-          submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
+          submitted: dict[str, list[str]], priority: int | None = None) -> Generator[PrefectFuture, object, dict]:
     """One step of one take, expressed once for all steps: its catalogued outputs when it is done
-    already, else its task submitted, yielded to the driver (`run_pipelines`) and awaited. A
-    failure is recorded and logged, never raised: that take stops, the others go on."""
+    already, else its task submitted (with its own Dask `priority` when given, else the
+    pipeline's), yielded to the driver (`run_pipelines`) and awaited. A failure is recorded and
+    logged, never raised: that take stops, the others go on."""
     try:
         refs = done()
         if refs is None:
             submitted[step].append(take_id)
             _tell(session_id, take_id, step, "submitted")
-            refs = yield submit()
+            with dask.annotate(**({} if priority is None else {"priority": priority})):
+                future = submit()
+            refs = yield future
             if isinstance(refs, Exception):
                 raise refs
             _tell(session_id, take_id, step, "done")
@@ -255,15 +269,18 @@ def _ok(result: dict | None) -> bool:
 def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
                   submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
     """ingest → crop → audio → per-frame FLAME of one take, each step as soon as this take's own
-    inputs are ready (a long take never holds a short one back). Returns the steps' results."""
+    inputs are ready (a long take never holds a short one back), with the most work left first
+    (`work_left`). Returns the steps' results."""
     raw = _raw_files(catalog, root, take)
+    priority = partial(work_left, (root / take.video).stat().st_size)
 
     def ingested():
         done = catalog.lookup(ingest.STEP, ingest.VERSION, {}, ingest.take_inputs(take, raw))
         return done.outputs[0] if done is not None else None
 
     ingest_step = yield from _step(session_id, take.id, "ingest", ingested,
-                        lambda: ingest.ingest_take_task.submit(str(root), session_id, take, raw, out), submitted)
+                        lambda: ingest.ingest_take_task.submit(str(root), session_id, take, raw, out), submitted,
+                        priority("ingest"))
     if not _ok(ingest_step):  # the ingest task itself broke (not a bad file: that is a report)
         raise SingingHeadError(f"take {take.id}: ingest failed: {ingest_step['problem']}")
     result = TakeIngest.model_validate(files.read_json(ingest_step["refs"].url))
@@ -275,20 +292,20 @@ def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
     steps["crop"] = yield from _step(
         session_id, take.id, "crop", lambda: crop.done_outputs(out, sha["video"]),
         lambda: submit_gpu(crop.crop_take_task, str(root), session_id, take.id, take.video, sha["video"], out),
-        submitted)
+        submitted, priority("crop"))
     if not _ok(steps["crop"]):
         return steps
     crop_refs = steps["crop"]["refs"]
     steps["audio"] = yield from _step(
         session_id, take.id, "audio", lambda: audio.done_outputs(out, take, sha["song"], sha["mic"], crop_refs),
         lambda: submit_gpu(audio.audio_take_task, str(root), session_id, take, sha["song"], sha["mic"],
-                           result.video.first_pts_s, crop_refs, out), submitted)
+                           result.video.first_pts_s, crop_refs, out), submitted, priority("audio"))
     if not _ok(steps["audio"]):
         return steps
     steps["frames"] = yield from _step(  # fits the crop's landmarks; a take without usable audio is not fitted
         session_id, take.id, "flame frames", lambda: flame_fit.frames_done(out, crop_refs),
         lambda: submit_gpu(flame_fit.frame_fits_task, str(root), session_id, take.id, take.video, crop_refs, out),
-        submitted)
+        submitted, priority("flame frames"))
     return steps
 
 
@@ -314,15 +331,15 @@ def process_session(session_dir: str, out: str) -> dict:
             partial(scan.scan_done, str(root), manifest.light_stage, out),
             partial(submit_gpu, scan.scan_task, str(root), manifest.session_id, manifest.light_stage, out),
             submitted)
-    # Longest take first, at every step (the video's size stands for its length): the session
-    # joins when its last take is done, so a long take's next step goes before a short one's
-    # queued step (critical path first); the light stage, longest of all, before them.
-    longest_first = sorted(manifest.takes, key=lambda take: -(root / take.video).stat().st_size)
-    priority = {take.id: len(longest_first) - rank for rank, take in enumerate(longest_first)}
-    priority[LIGHT_STAGE] = len(longest_first) + 1
+    # Most work left first, at every step (`work_left`): the session joins when its last take is
+    # done, so a long take's next step goes before a short one's queued step, and a take's crop
+    # before another's frame fits (critical path first); the light stage, longest of all, first.
+    size = {take.id: (root / take.video).stat().st_size for take in manifest.takes}
+    longest_first = sorted(manifest.takes, key=lambda take: -size[take.id])
+    scan_first = {LIGHT_STAGE: max(map(partial(work_left, step="ingest"), size.values()), default=0) + 1}
     pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, out, catalog, submitted)
                       for take in longest_first})
-    pipelines = run_pipelines(pipelines, priority)
+    pipelines = run_pipelines(pipelines, scan_first)
     light_stage = pipelines.pop(LIGHT_STAGE, {"status": "absent"})
     pipelines = {take.id: pipelines[take.id] for take in manifest.takes}  # reports in the manifest's order
     results: dict[str, TakeIngest] = {t: p["ingest"] for t, p in pipelines.items()}
@@ -364,8 +381,8 @@ def process_session(session_dir: str, out: str) -> dict:
                            partial(flame_fit.sequence_done, out, f["refs"], shape_info["shape"], shape_info["source"]),
                            partial(submit_gpu, flame_fit.sequences_task, manifest.session_id, take_id,
                                    crops[take_id]["refs"], f["refs"], shape_info["shape"], shape_info["source"], out),
-                           submitted)
-            for take_id, f in fits.items() if f["status"] == "ok"}, priority))
+                           submitted, work_left(size[take_id], "flame sequence"))
+            for take_id, f in fits.items() if f["status"] == "ok"}))
     motion_reports = {take_id: flame_fit.read_motion_summary(m["refs"]) if m["status"] == "ok" else m
                       for take_id, m in motions.items()}
     motion_reports.update({take_id: f for take_id, f in fits.items() if f["status"] != "ok"})
