@@ -101,9 +101,10 @@ def test_vertex_subset_equals_full_mesh(model):
                                                                                       dtype=torch.float64)
     glob, neck, jaw = (0.2 * torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(3))
     full = layer(shape, expr, glob, neck, jaw)[0]
-    subset = torch.as_tensor(model.masks["lips"])
-    part = layer.vertices(shape, expr, glob, neck, jaw, subset)
-    assert (part - full[:, subset]).abs().max() < 1e-9
+    for subset in (model.masks["lips"], model.masks["face"], range(len(model.v_template))):  # the last: every joint
+        subset = torch.as_tensor(subset)
+        part = layer.vertices(shape, expr, glob, neck, jaw, subset)
+        assert (part - full[:, subset]).abs().max() < 1e-9
 
 
 # --- the ICT head (the stand-in when SINGINGHEAD_FLAME_DIR is unset) -------------------------------
