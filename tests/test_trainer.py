@@ -21,13 +21,32 @@ from singinghead.trainer.train import TrainConfig, train
 TINY = ModelConfig(d_model=64, heads=4, layers=1, feedforward=128, dropout=0.0)
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("trainer")
+def _small_release(tmp: Path) -> str:
+    """Four windows of the SingingHead layout (two train, two test), imported."""
     write_singinghead_layout(tmp / "layout", windows=4, splits=(0.5, 0.0, 0.5))
     out = str(tmp / "release")
     assert import_singinghead(tmp / "layout", out)["windows"] == 4
     return out
+
+
+def _overfit(tmp: Path) -> tuple[str, Path]:
+    """200 steps of the tiny model on the train split's two windows: (release, run folder)."""
+    release = _small_release(tmp)
+    cfg = TrainConfig(data=release, out=str(tmp / "run"), model=TINY, epochs=1000, max_steps=200,
+                      batch_size=2, lr=5e-3, warmup_steps=5, checkpoint_every=1000)
+    train(cfg, progress=False)
+    return release, tmp / "run"
+
+
+def background_builds(tmp_path_factory) -> dict:
+    """The overfitting run (the trainer's longest), trained in the background from the start of the
+    run (conftest.prebuilt); its test checks it."""
+    return {"overfit_run": [(_overfit, (tmp_path_factory.mktemp("overfit"),))]}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> str:
+    return _small_release(tmp_path_factory.mktemp("trainer"))
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +104,9 @@ def _log(run: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_tiny_model_overfits(release, tmp_path, monkeypatch):
-    cfg = TrainConfig(data=release, out=str(tmp_path / "run"), model=TINY, epochs=1000, max_steps=200,
-                      batch_size=2, lr=5e-3, warmup_steps=5, checkpoint_every=1000)
-    train(cfg, progress=False)
-    losses = [float(r["loss"]) for r in _log(tmp_path / "run")]
+def test_tiny_model_overfits(prebuilt):
+    release, run = prebuilt["overfit_run"][0].result()
+    losses = [float(r["loss"]) for r in _log(run)]
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.1 * first, (first, last)
     # Sampled from the prior (z ~ N(0, I), no teacher forcing), the jaw follows the singing: the
@@ -98,7 +115,7 @@ def test_tiny_model_overfits(release, tmp_path, monkeypatch):
     from singinghead.schemas import motion as layout
     from singinghead.trainer.train import load_for_inference
 
-    model = load_for_inference(tmp_path / "run/checkpoints/last.pt")[0]
+    model = load_for_inference(run / "checkpoints/last.pt")[0]
     g = torch.Generator().manual_seed(0)
     for w in ReleaseWindows(release, "train", audio=("singing",)):
         with torch.no_grad():
