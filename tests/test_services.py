@@ -21,6 +21,7 @@ from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
 
 BIN = Path(sys.executable).parent
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"  # the lab image's /etc/dask configuration
 BUCKET = "singinghead"
 
 
@@ -106,14 +107,17 @@ def test_artifacts_on_s3_publish_atomically_with_checksums(s3):
 
 @pytest.fixture(scope="module")
 def services(s3, tmp_path_factory):
-    """`prefect server start` (SQLite), a Dask scheduler and two worker processes (GPU=1 each)."""
+    """`prefect server start` (SQLite), a Dask scheduler and two worker processes (GPU=1 each)
+    configured as the lab image's are (deploy/dask.yaml: glibc's malloc left adaptive, the
+    processing steps preloaded)."""
     home = tmp_path_factory.mktemp("services")
     api_port, sched_port = _free_port(), _free_port()
     api = f"http://127.0.0.1:{api_port}/api"
     env = dict(os.environ, PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
                PREFECT_UI_ENABLED="false", PREFECT_API_URL=api, SINGINGHEAD_DASK_GPU_RESOURCE="true",
-               PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS="2")  # as docker-compose.yml sets it
+               PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS="2",  # as docker-compose.yml sets it
+               DASK_CONFIG=str(DEPLOY))
     logs = [open(home / f"{name}.log", "wb") for name in ("prefect", "scheduler", "worker0", "worker1")]  # noqa: SIM115
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                                str(api_port)], env=env, stdout=logs[0], stderr=logs[0])
@@ -128,7 +132,7 @@ def services(s3, tmp_path_factory):
         from distributed import Client
 
         with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(2, timeout=120)  # each imports the steps first
         yield {"api": api, "address": address, "home": home}
     finally:
         _stop(*workers, scheduler, server)
@@ -171,6 +175,27 @@ def served(services):
         yield found
     finally:
         _stop(proc)
+
+
+def test_workers_run_with_the_lab_images_dask_configuration(services):
+    """deploy/dask.yaml reached both workers: the steps were imported before they registered, and
+    the nanny did not set MALLOC_TRIM_THRESHOLD_ (it would, without the file)."""
+    from distributed import Client
+
+    def _worker_state() -> dict:  # local: sent by value (the workers cannot import this module)
+        import os
+        import sys
+
+        return {"preloaded": [m for m in ("singinghead.tasks.crop", "singinghead.tasks.flame_fit", "roma")
+                              if m in sys.modules],
+                "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+    with Client(services["address"], timeout=30) as client:
+        states = client.run(_worker_state)
+    assert len(states) == 2
+    for state in states.values():
+        assert state == {"preloaded": ["singinghead.tasks.crop", "singinghead.tasks.flame_fit", "roma"],
+                         "MALLOC_TRIM_THRESHOLD_": None}
 
 
 def test_the_lab_deployments_take_typed_parameters(served):
