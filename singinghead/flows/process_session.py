@@ -208,7 +208,7 @@ def _step(session_id: str, take_id: str, step: str, done: Callable[[], object], 
         if refs is None:
             submitted[step].append(take_id)
             _tell(session_id, take_id, step, "submitted")
-            with dask.annotate(**({} if priority is None else {"priority": priority})):
+            with contextlib.nullcontext() if priority is None else dask.annotate(priority=priority):
                 future = submit()
             refs = yield future
             if isinstance(refs, Exception):
@@ -266,13 +266,13 @@ def _ok(result: dict | None) -> bool:
     return result is not None and result.get("status") == "ok"
 
 
-def take_pipeline(root: Path, session_id: str, take, out: str, catalog: Catalog,
+def take_pipeline(root: Path, session_id: str, take, video_bytes: int, out: str, catalog: Catalog,
                   submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
     """ingest → crop → audio → per-frame FLAME of one take, each step as soon as this take's own
     inputs are ready (a long take never holds a short one back), with the most work left first
     (`work_left`). Returns the steps' results."""
     raw = _raw_files(catalog, root, take)
-    priority = partial(work_left, (root / take.video).stat().st_size)
+    priority = partial(work_left, video_bytes)
 
     def ingested():
         done = catalog.lookup(ingest.STEP, ingest.VERSION, {}, ingest.take_inputs(take, raw))
@@ -337,7 +337,7 @@ def process_session(session_dir: str, out: str) -> dict:
     size = {take.id: (root / take.video).stat().st_size for take in manifest.takes}
     longest_first = sorted(manifest.takes, key=lambda take: -size[take.id])
     scan_first = {LIGHT_STAGE: max(map(partial(work_left, step="ingest"), size.values()), default=0) + 1}
-    pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, out, catalog, submitted)
+    pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, size[take.id], out, catalog, submitted)
                       for take in longest_first})
     pipelines = run_pipelines(pipelines, scan_first)
     light_stage = pipelines.pop(LIGHT_STAGE, {"status": "absent"})
