@@ -38,7 +38,7 @@ def render(path: str) -> None:
     rng = np.random.default_rng(11)
     mouth = np.clip(np.sin(np.arange(n) / 7.0), 0, 1)
     motion = video.head_motion(n, mouth, [(25.0, 500.0)], rng)
-    video.write_kinect_mkv(Path(path), motion, ffmpeg_exe(), 0)
+    video.write_kinect_mkv(Path(path), motion, 0)
 
 
 def main() -> dict:

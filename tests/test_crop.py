@@ -173,7 +173,7 @@ def _special_take(tmp: Path, seconds=10, hidden=range(0), second=False) -> tuple
                                  canvas_scale=to_720p)
     path = tmp / "take" / "kinect.mkv"
     path.parent.mkdir(parents=True)
-    video.write_kinect_mkv(path, motion, ffmpeg_exe(), 0, hidden=hidden, second_person=other, color_mode="720P")
+    video.write_kinect_mkv(path, motion, 0, hidden=hidden, second_person=other, color_mode="720P")
     return path, motion
 
 

@@ -200,7 +200,7 @@ def _write_mkv(path: Path, frames: list[np.ndarray], which: np.ndarray, affine: 
         for i in range(len(which)):
             yield video.paste_warped(frames[which[i]], affine[i], wall.copy())
 
-    video.encode_kinect_mkv(path, canvas(), ffmpeg_exe(), 200_000_000, quality=6, track_uid=10**17 + seed * 7919 + 3)
+    video.encode_kinect_mkv(path, canvas(), 200_000_000, quality=90, track_uid=10**17 + seed * 7919 + 3)
 
 
 # --- scoring a processed take against the truth ----------------------------------------------------

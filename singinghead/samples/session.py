@@ -40,7 +40,6 @@ from singinghead.schemas.manifest import (
     Take,
     write_manifest,
 )
-from singinghead.storage.assets import ffmpeg_exe
 
 GENERATOR_VERSION = "9"  # 7: frame drops (ground truth `recorded`); 8: speckle in float32;
 # 9: `centre_xy` in the colour track's pixels at every colour mode (it was 4K px)
@@ -128,10 +127,9 @@ def build_sample_session(
     gt_dir.mkdir(exist_ok=True)
     (out / "songs").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
-    ffmpeg = ffmpeg_exe()
     n_frames = int(round(duration_s * video.FPS))
     takes, gt_takes = [], {}
-    # The videos and the light stage are rendered two at a time (OpenCV, numpy and ffmpeg work
+    # The videos and the light stage are rendered two at a time (OpenCV, numpy and libjpeg work
     # outside the GIL); what draws from `rng` stays in order, so the session is the same.
     jobs = {}
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -168,7 +166,7 @@ def build_sample_session(
                                          canvas_scale=width / video.WIDTH)
             start_offset_ns = 200_000_000 + 1_000_000 * k
             dropped = _dropped_frames(n_frames, frame_drops, np.random.default_rng([seed, k, 17]))
-            jobs[spec["id"]] = pool.submit(video.write_kinect_mkv, take_dir / "kinect.mkv", motion, ffmpeg,
+            jobs[spec["id"]] = pool.submit(video.write_kinect_mkv, take_dir / "kinect.mkv", motion,
                                            start_offset_ns, seed=seed * 10 + k, color_mode=color_mode, dropped=dropped)
             recorded = np.ones(n_frames, bool)
             recorded[dropped] = False
