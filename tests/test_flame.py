@@ -78,19 +78,6 @@ def test_landmark_path_equals_full_mesh(model, dtype):
     assert (folded_verts - verts).abs().max() < 1e-5 and (folded_full - full).abs().max() < 1e-5
 
 
-def test_landmark_jacobian_equals_autograd_through_the_full_mesh(model):
-    """The per-frame fits' exact shape/expression Jacobian against autograd through smplx's
-    skinning of the whole mesh (another path to the same landmarks)."""
-    layer = FlameLayer(model, dtype=torch.float64)
-    shape, expr, glob, neck, jaw = _params(3, seed=4)
-    betas = torch.cat([shape, expr], 1)
-    auto = torch.autograd.functional.jacobian(lambda b: layer(b[:, :100], b[:, 100:], glob, neck, jaw)[1], betas)
-    auto = torch.stack([auto[i, :, :, i] for i in range(3)])  # frames do not interact
-    exact = layer.landmarks_jacobian(glob, neck, jaw)
-    assert exact.shape == (3, 68, 3, 150)
-    assert (exact - auto).abs().max() < 1e-9 * auto.abs().max()
-
-
 def test_jaw_opens_the_mouth_and_landmarks_sit_on_a_face(model):
     layer = FlameLayer(model, dtype=torch.float64)
     zero = torch.zeros(5, 3, dtype=torch.float64)

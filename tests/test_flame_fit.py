@@ -101,7 +101,7 @@ def test_frames_without_landmarks_are_bridged(layer):
 
 def test_full_mesh_path_gives_the_same_fit(layer):
     truth = known_sequence(layer, frames=20, seed=2)
-    frames = fit_frames(layer, truth.observed, truth.K, iterations=5)
+    frames = fit_frames(layer, truth.observed, truth.K, steps=50)
     a = fit_sequence(layer, truth.observed, truth.K, frames.shape.mean(0), frames, steps=20)
     b = fit_sequence(layer, truth.observed, truth.K, frames.shape.mean(0), frames, steps=20, full_mesh=True)
     np.testing.assert_allclose(a.motion, b.motion, atol=1e-3)

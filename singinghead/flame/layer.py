@@ -179,26 +179,3 @@ class FlameLayer(nn.Module):
         skinned = torch.stack([(p * r[:, m]).sum(1) for m in range(3)], 1)  # (68, 3, B)
         shift = (self.lmk_joint_weights @ trans_w.permute(1, 2, 0).reshape(n_j, -1)).view(-1, 3, b)
         return (skinned + shift).permute(2, 0, 1)
-
-    def landmarks_jacobian(self, global_orient, neck, jaw) -> torch.Tensor:
-        """d landmarks / d [shape, expression]: (B, 68, 3, n_shape + n_expression), exact and without
-        autograd. Given the pose, the landmarks are linear in the shape and expression: the unposed
-        landmark blends and the joints are linear in them, skinning is linear in both (the joints'
-        world translations too), and the pose correctives do not depend on them. So each column is
-        the pose's skinning applied to one basis vector."""
-        b = global_orient.shape[0]
-        rot = rotvec_to_rotmat(torch.stack([global_orient, neck, jaw], 1))
-        if rot.shape[1] < self.n_joints_needed:
-            eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-            rot = torch.cat([rot, eye.expand(b, self.n_joints_needed - rot.shape[1], 3, 3)], 1)
-        n_j, k = len(self.lmk_joints), self.p_dirs.shape[1]
-        rot_w, _ = self.world_transforms(rot, torch.zeros(b, self.j_template.shape[0], 3, dtype=rot.dtype,
-                                                          device=rot.device))
-        # Unposed blends through each moving joint's rotation: Σ_(j,n) P[l, j, n, k] · R_j[m, n].
-        skinned = torch.einsum("ljnk,bjmn->blmk", self.p_dirs.view(-1, n_j, 3, k), rot_w)
-        # The joints' world translations are linear (homogeneous) in the joints: one basis vector
-        # of joint offsets per column, through the same kinematic chain.
-        j_dirs = self.j_dirs.view(k, -1, 3)
-        _, trans_w = self.world_transforms(rot.repeat(k, 1, 1, 1), j_dirs.repeat_interleave(b, 0))
-        shift = torch.einsum("lj,kbjm->blmk", self.lmk_joint_weights, trans_w.view(k, b, n_j, 3))
-        return skinned + shift

@@ -5,9 +5,8 @@ undistorted with the calibration's distortion first), so a segment's camera is k
 the head moves: FLAME's global orientation and a translation per frame.
 
 1. `fit_frames` (monocular, per frame): shape, expression, jaw, head rotation and translation
-   of every frame of a segment (Levenberg–Marquardt, frames batched). The subject's shape is
-   the mean over the frames of all takes (`subject_shape`), or the scan fit when a light-stage
-   scan exists.
+   of every frame of a segment in one batch (Adam). The subject's shape is the mean over the
+   frames of all takes (`subject_shape`), or the scan fit when a light-stage scan exists.
 2. `replace_frame_outliers`: box-plot outliers per parameter group (SPEC §2.5), scale s.
 3. Landmark smoothing (SPEC §2.6, `sequence_filters.smooth_landmarks`).
 4. `fit_sequence` with the final shape fixed (folded into the landmark path): global
@@ -41,7 +40,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from prefect import task
-from torch.func import jvp, vmap
 
 from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.flame.camera import portrait_camera, project, to_camera
@@ -111,99 +109,36 @@ class FrameFit:
 
 
 def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: np.ndarray | None = None,
-               iterations: int = 20, shape_reg: float = 1e-4, expr_reg: float = 1e-4, chunk: int = 256,
-               tol: float = 1e-4) -> FrameFit:
-    """Independent per-frame fits of (T, 68, 2) landmarks: per frame, shape, expression, head
-    rotation, jaw opening and translation minimising
-    c_t/100 · mean_l ‖proj_l − lmk_l‖² + shape_reg‖β‖² + expr_reg‖ψ‖²,
-    by Levenberg–Marquardt (one 157-unknown system per frame, `chunk` frames at a time: memory
-    does not grow with the take). The shape and expression columns of the Jacobian are exact
-    products (`FlameLayer.landmarks_jacobian`); the rotation and jaw columns are forward-mode
-    derivatives. A frame stops when a step gains less than `tol` of its loss: about ten
-    iterations, where Adam's 1,000 steps still left the loss falling."""
+               steps: int = 1000, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-4,
+               expr_reg: float = 1e-4) -> FrameFit:
+    """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact)."""
     on = tensor_options(layer)
     target, w = _targets(lmk2d, confidence, on)
     Kt = torch.as_tensor(K, **on)
-    trans = _initial_translation(target, Kt)
-    parts = [_fit_frames_lm(layer, target[i:i + chunk], w[i:i + chunk], trans[i:i + chunk], Kt, iterations,
-                            shape_reg, expr_reg, tol) for i in range(0, len(target), chunk)]
-    x = torch.cat(parts) if parts else torch.zeros(0, layer.n_shape + layer.n_expression + 7, **on)
-    ns, ne = layer.n_shape, layer.n_expression
-    shape, expr, rot, pitch, trans = x.split([ns, ne, 3, 1, 3], dim=1)
+    T = len(target)
+    shape = torch.zeros(T, layer.n_shape, **on, requires_grad=True)
+    expr = torch.zeros(T, layer.n_expression, **on, requires_grad=True)
+    rot = torch.zeros(T, 3, **on, requires_grad=True)
+    pitch = torch.zeros(T, 1, **on, requires_grad=True)
+    trans = _initial_translation(target, Kt).requires_grad_(True)
+    zero = torch.zeros(T, 3, **on)
+    opt = torch.optim.Adam([{"params": [shape, expr, rot, pitch]}, {"params": [trans], "lr": lr * trans_lr}], lr=lr,
+                           fused=True)
+    for _ in range(steps):
+        opt.zero_grad()
+        lmk = layer.landmarks(shape, expr, rot, zero, _jaw(pitch))
+        err = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1)  # px² per frame
+        loss = (w * err).sum() / 100 + shape_reg * shape.pow(2).sum() + expr_reg * expr.pow(2).sum()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            pitch.clamp_(0.0, 0.6)
     with torch.no_grad():
-        lmk = layer.landmarks(shape, expr, rot, torch.zeros_like(rot), _jaw(pitch))
+        lmk = layer.landmarks(shape, expr, rot, zero, _jaw(pitch))
         rms = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1).sqrt()
         rms[w == 0] = float("nan")
-    return FrameFit(to_numpy(shape), to_numpy(expr), to_numpy(rot), to_numpy(_jaw(pitch)), to_numpy(trans),
-                    to_numpy(rms))
-
-
-def _fit_frames_lm(layer: FlameLayer, target: torch.Tensor, w: torch.Tensor, trans: torch.Tensor, K: torch.Tensor,
-                   iterations: int, shape_reg: float, expr_reg: float, tol: float) -> torch.Tensor:
-    """Levenberg–Marquardt (Marquardt's diagonal scaling; normal equations in float64) on a chunk
-    of frames. Returns the parameters (T, [β | ψ | rotation 3 | jaw pitch 1 | translation 3]).
-    A frame whose damped system is not positive definite (numerically) takes no step that
-    iteration, and more damping."""
-    ns, ne = layer.n_shape, layer.n_expression
-    t = len(target)
-    x = torch.cat([torch.zeros(t, ns + ne + 4, dtype=trans.dtype, device=trans.device), trans], 1)
-    f = torch.tensor([K[0, 0], K[1, 1]], dtype=x.dtype, device=x.device)
-    sw = (w / (100 * 68)).sqrt()[:, None]  # data residuals: √(c_t / 100 / 68) · (proj − lmk)
-    reg = torch.cat([torch.full((ns,), shape_reg), torch.full((ne,), expr_reg), torch.zeros(7)]).to(
-        dtype=torch.float64, device=x.device)
-    jaw_column = ns + ne + 3
-
-    def camera_points(x: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
-        shape, expr, rest = x[:, :ns], x[:, ns:ns + ne], x[:, ns + ne:] if pose is None else pose
-        rot, pitch, tr = rest[:, :3], rest[:, 3:4], rest[:, 4:]
-        return to_camera(layer.landmarks(shape, expr, rot, torch.zeros_like(rot), _jaw(pitch)), tr)
-
-    def residuals(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        data = sw * (project(camera_points(x), K) - target).reshape(t, -1)
-        return data, (data.double().pow(2).sum(1) + (reg * x.double().pow(2)).sum(1))
-
-    def jacobian(x: torch.Tensor) -> torch.Tensor:
-        cam = camera_points(x)
-        z = cam[..., 2:3]
-        # d pixel / d camera point (T, 68, 2, 3); the model→camera flip is diag(1, −1, −1)
-        d_cam = torch.zeros(t, 68, 2, 3, dtype=x.dtype, device=x.device)
-        d_cam[..., 0, 0] = f[0] / z[..., 0]
-        d_cam[..., 1, 1] = f[1] / z[..., 0]
-        d_cam[..., :, 2] = -f * cam[..., :2] / z**2
-        flip = torch.tensor([1.0, -1.0, -1.0], dtype=x.dtype, device=x.device)
-        rot, pitch = x[:, ns + ne:ns + ne + 3], x[:, jaw_column:jaw_column + 1]
-        basis = layer.landmarks_jacobian(rot, torch.zeros_like(rot), _jaw(pitch))  # (T, 68, 3, ns + ne)
-        d_shape = torch.einsum("tlpm,tlmk->tlpk", d_cam * flip, basis).reshape(t, -1, ns + ne)
-        pose = x[:, ns + ne:].clone()
-        tangents = torch.eye(4, 7, dtype=x.dtype, device=x.device)[:, None].expand(4, t, 7)
-        d_pose = vmap(lambda v: jvp(lambda p: project(camera_points(x, p), K), (pose,), (v,))[1])(tangents)
-        d_trans = d_cam.reshape(t, -1, 3)
-        return sw[:, :, None] * torch.cat([d_shape, d_pose.permute(1, 2, 3, 0).reshape(t, -1, 4), d_trans], 2)
-
-    with torch.no_grad():
-        r, cost = residuals(x)
-        damping = torch.full((t,), 1e-3, dtype=torch.float64, device=x.device)
-        active = torch.ones(t, dtype=torch.bool, device=x.device)
-        for _ in range(iterations):
-            J = jacobian(x).double()
-            H = J.transpose(1, 2) @ J + torch.diag(reg)
-            g = (J.transpose(1, 2) @ r.double()[..., None])[..., 0] + reg * x.double()
-            scale = torch.diagonal(H, dim1=1, dim2=2).clamp_min(1e-12)
-            L, failed = torch.linalg.cholesky_ex(H + torch.diag_embed(damping[:, None] * scale))
-            step = torch.cholesky_solve(-g[..., None], L)[..., 0]
-            trial = torch.where((active & (failed == 0))[:, None], x + step.to(x.dtype), x)
-            trial[:, jaw_column].clamp_(0.0, 0.6)
-            r_new, cost_new = residuals(trial)
-            better = cost_new < cost
-            done = better & (cost - cost_new <= tol * cost) | ~better & (damping >= 1e8)
-            x = torch.where(better[:, None], trial, x)
-            r = torch.where(better[:, None], r_new, r)
-            cost = torch.where(better, cost_new, cost)
-            damping = torch.where(better, damping / 3, damping * 4).clamp(1e-9, 1e9)
-            active &= ~done
-            if not active.any():
-                break
-    return x
+        jaw = _jaw(pitch)
+    return FrameFit(to_numpy(shape), to_numpy(expr), to_numpy(rot), to_numpy(jaw), to_numpy(trans), to_numpy(rms))
 
 
 def replace_frame_outliers(fit: FrameFit, scale: float = OUTLIER_SCALE) -> tuple[FrameFit, dict[str, np.ndarray]]:
