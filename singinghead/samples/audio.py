@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import uniform_filter1d
 
 # (F1, F2, F3) in Hz and how far the jaw opens for the vowel (0..1).
 VOWELS = {
@@ -99,7 +100,7 @@ def sing(
     midi = midi + 0.3 * np.sin(2 * np.pi * 5.5 * t) * np.clip(env, 0, 1)
     # Glide between notes (portamento, 30 ms) by smoothing the pitch track.
     k = int(0.03 * sr)
-    midi = np.convolve(np.pad(midi, (k, k), mode="edge"), np.ones(2 * k + 1) / (2 * k + 1), "valid")
+    midi = uniform_filter1d(midi, 2 * k + 1, mode="nearest")  # running mean, edges held
     f0 = 440.0 * 2 ** ((midi - 69) / 12)
     phase = 2 * np.pi * np.cumsum(f0) / sr
 

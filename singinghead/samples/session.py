@@ -41,8 +41,9 @@ from singinghead.schemas.manifest import (
     write_manifest,
 )
 
-GENERATOR_VERSION = "9"  # 7: frame drops (ground truth `recorded`); 8: speckle in float32;
-# 9: `centre_xy` in the colour track's pixels at every colour mode (it was 4K px)
+GENERATOR_VERSION = "10"  # 7: frame drops (ground truth `recorded`); 8: speckle in float32;
+# 9: `centre_xy` in the colour track's pixels at every colour mode (it was 4K px); 10: MJPEG frames
+# by libjpeg-turbo muxed by PyAV, portamento by a running mean (scipy)
 MIC_SR, SONG_SR = 48_000, 44_100
 
 #: Per take: song metadata, leans [(s, Δx px)], log offsets, and the log's error on video→mic.
