@@ -105,6 +105,14 @@ def test_vertex_subset_equals_full_mesh(model):
         subset = torch.as_tensor(subset)
         part = layer.vertices(shape, expr, glob, neck, jaw, subset)
         assert (part - full[:, subset]).abs().max() < 1e-9
+    # One shape per sequence (the trainer's mesh loss): frames 0–1 of the first shape, 2–3 of the second.
+    frames = [torch.cat([x, x.flip(0)]) for x in (expr, glob, neck, jaw)]
+    per_frame = layer(shape.repeat_interleave(2, 0), *frames)[0]
+    subset = torch.as_tensor(model.masks["face"])
+    per_sequence = layer.vertices(shape, *frames, subset)
+    assert (per_sequence - per_frame[:, subset]).abs().max() < 1e-9
+    with pytest.raises(ValueError, match="3 frames do not split into 2 sequences"):
+        layer.vertices(shape, *(x[:3] for x in frames), subset)
 
 
 # --- the ICT head (the stand-in when SINGINGHEAD_FLAME_DIR is unset) -------------------------------
@@ -158,3 +166,26 @@ def test_ict_converter_rebuilds_the_shipped_head(shared_data, tmp_path):
     for key in ("faces", "lmk_faces_idx"):
         np.testing.assert_array_equal(rebuilt[key], shipped[key])
     np.testing.assert_allclose(rebuilt["shapedirs_mm"].astype(float), shipped["shapedirs_mm"].astype(float), atol=0.01)
+
+
+def test_rotations_equal_romas_in_value_and_gradient():
+    """`rotvec_to_rotmat` (the fits' and the trainer's) against roma's Rodrigues, float64: angles
+    from 0 (where both fall back on limits) through 1e-7 and 1e-3 to almost π, and the gradient of
+    a weighted sum of the matrices (finite at 0, where the fits start)."""
+    import roma
+
+    from singinghead.flame.layer import rotvec_to_rotmat
+
+    g = torch.Generator().manual_seed(0)
+    axes = torch.nn.functional.normalize(torch.randn(6, 4, 3, generator=g, dtype=torch.float64), dim=-1)
+    angles = torch.tensor([0.0, 1e-7, 1e-3, 0.3, 2.0, 3.1], dtype=torch.float64)
+    rotvec = (axes * angles[:, None, None]).requires_grad_(True)
+    ours, theirs = rotvec_to_rotmat(rotvec), roma.rotvec_to_rotmat(rotvec)
+    assert ours.shape == (6, 4, 3, 3) and (ours - theirs).abs().max() < 1e-12
+    weights = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    grad_ours, = torch.autograd.grad((ours * weights).sum(), rotvec)
+    grad_theirs, = torch.autograd.grad((theirs * weights).sum(), rotvec)
+    assert torch.isfinite(grad_ours).all()
+    # roma's small-angle branch (θ < 1e-6) is first order: compare its gradient from 1e-3 up.
+    assert (grad_ours[2:] - grad_theirs[2:]).abs().max() < 1e-9
+    assert torch.autograd.gradcheck(rotvec_to_rotmat, (rotvec.detach()[:, :1].clone().requires_grad_(True),))

@@ -6,10 +6,12 @@ applied to a precomputed per-landmark, per-joint blend of the vertices it sits o
 costs a few small matrix products instead of skinning 5023 vertices; joints come from
 precomputed J_regressor products, and the shape is folded into the template when it is fixed
 (the sequence fits: one subject, many frames). Both give the same landmarks (tested to 1e-5).
-Rotations are axis-angle, converted with roma. Pose order (FLAME): global, neck, jaw, eyes.
+Rotations are axis-angle (`rotvec_to_rotmat`, checked against roma's). Pose order (FLAME): global, neck, jaw, eyes.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -19,13 +21,38 @@ from torch import nn
 from singinghead.flame.model import FlameModel
 
 
-def rotvec_to_rotmat(rotvec: torch.Tensor) -> torch.Tensor:
-    """Axis-angle (..., 3) → rotation matrices (..., 3, 3), by roma. roma is imported on first use:
-    importing it imports torch._dynamo (4–8 s on 2 cores), which a process that only runs the
-    flows (the serving process, a flow run's process) never needs."""
-    import roma
+def _quaternion_basis() -> torch.Tensor:
+    """(16, 9): the rotation matrix of a unit quaternion q = (x, y, z, w) is (q ⊗ q) @ this
+    (each entry of R is a quadratic form in q, e.g. R00 = x² − y² − z² + w², R01 = 2(xy − zw))."""
+    x, y, z, w = range(4)
+    terms = {(0, 0): [(x, x, 1), (y, y, -1), (z, z, -1), (w, w, 1)],
+             (1, 1): [(x, x, -1), (y, y, 1), (z, z, -1), (w, w, 1)],
+             (2, 2): [(x, x, -1), (y, y, -1), (z, z, 1), (w, w, 1)],
+             (0, 1): [(x, y, 2), (z, w, -2)], (1, 0): [(x, y, 2), (z, w, 2)],
+             (0, 2): [(x, z, 2), (y, w, 2)], (2, 0): [(x, z, 2), (y, w, -2)],
+             (1, 2): [(y, z, 2), (x, w, -2)], (2, 1): [(y, z, 2), (x, w, 2)]}
+    basis = torch.zeros(4, 4, 9, dtype=torch.float64)
+    for (row, col), products in terms.items():
+        for a, b, sign in products:
+            basis[a, b, row * 3 + col] += sign / 2  # split over (a, b) and (b, a): q ⊗ q is symmetric
+            basis[b, a, row * 3 + col] += sign / 2
+    return basis.reshape(16, 9)
 
-    return roma.rotvec_to_rotmat(rotvec)
+
+_QUATERNION_BASIS = _quaternion_basis()
+
+
+def rotvec_to_rotmat(rotvec: torch.Tensor) -> torch.Tensor:
+    """Axis-angle (..., 3) → rotation matrices (..., 3, 3): the unit quaternion (sinc(θ/2)·r/2,
+    cos(θ/2)), smooth at θ = 0 in value and gradient, then its rotation matrix as one product.
+    The fits convert every frame's rotations at each of their ~1,500 steps, where op count is what
+    costs: 8 ops each way against roma's Rodrigues (~50); equal to roma.rotvec_to_rotmat to float
+    precision, gradients included (tests/test_flame.py)."""
+    theta = torch.linalg.vector_norm(rotvec, dim=-1, keepdim=True)
+    half = theta * 0.5
+    q = torch.cat([rotvec * (torch.sinc(half * (1 / math.pi)) * 0.5), torch.cos(half)], -1).reshape(-1, 4)
+    outer = (q[:, :, None] * q[:, None, :]).reshape(-1, 16)
+    return (outer @ _QUATERNION_BASIS.to(q)).view(*rotvec.shape[:-1], 3, 3)
 
 
 class FlameLayer(nn.Module):
@@ -93,27 +120,38 @@ class FlameLayer(nn.Module):
     def vertices(self, shape, expression, global_orient, neck, jaw, subset: torch.Tensor | None = None
                  ) -> torch.Tensor:
         """(B, V or len(subset), 3) posed vertices, skinning only `subset` (e.g. a FLAME mask) when
-        given: the joints come from the precomputed regressor products, as in `landmarks`."""
+        given: the joints come from the precomputed regressor products, as in `landmarks`. With a
+        subset, `shape` may also hold one row per sequence of B / len(shape) consecutive frames
+        (the trainer's mesh loss): each sequence's shape is blended once, not once per frame.
+
+        The subset is blended and skinned coordinate-major, (B, xyz, vertex): every product then
+        runs along the vertices. Vertex-major, the trainer's (480 frames × 2,433 face vertices)
+        skinning spent 60 ms a step in products whose inner dimension was 3; this is 5× less."""
         if subset is None:
             return self(shape, expression, global_orient, neck, jaw)[0]
-        b = expression.shape[0]
-        betas = torch.cat([shape, expression], dim=1)
-        v = self.v_template[subset] + torch.einsum("vck,bk->bvc", self.shapedirs[subset], betas)
-        joints = torch.addmm(self.j_template.flatten(), betas, self.j_dirs).view(b, -1, 3)
+        b, n, n_v = expression.shape[0], self.n_shape, self.v_template.shape[0]
+        per_sequence = b // shape.shape[0]
+        if per_sequence * shape.shape[0] != b:
+            raise ValueError(f"{b} frames do not split into {shape.shape[0]} sequences")
+        size = len(subset)
+        dirs = self.shapedirs[subset].permute(1, 0, 2).reshape(3 * size, -1)  # rows (xyz, vertex)
+        shaped = torch.addmm(self.v_template[subset].T.flatten(), shape, dirs[:, :n].T)
+        v = torch.addmm(shaped.repeat_interleave(per_sequence, 0), expression, dirs[:, n:].T)
+        shaped_joints = torch.addmm(self.j_template.flatten(), shape, self.j_dirs[:n])
+        joints = torch.addmm(shaped_joints.repeat_interleave(per_sequence, 0), expression, self.j_dirs[n:])
         rot = rotvec_to_rotmat(self.pose(global_orient, neck, jaw).view(b, -1, 3))
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        n_v = self.v_template.shape[0]
-        posedirs = self.posedirs.view(-1, n_v, 3)[:, subset].reshape(self.posedirs.shape[0], -1)
-        v = v + ((rot[:, 1:] - eye).reshape(b, -1) @ posedirs).view(b, -1, 3)
-        r, t = self.chain(rot, joints, rot.shape[1])  # (B, 5, 3, 3), (B, 5, 3)
+        posedirs = self.posedirs.view(-1, n_v, 3)[:, subset].transpose(1, 2).reshape(self.posedirs.shape[0], -1)
+        v = torch.addmm(v, (rot[:, 1:] - eye).reshape(b, -1), posedirs).view(b, 3, size)
+        r, t = self.chain(rot, joints.view(b, -1, 3), rot.shape[1])  # (B, 5, 3, 3), (B, 5, 3)
         w = self.weights[subset]  # (S, 5)
         moving = torch.nonzero(w.abs().sum(0)).flatten()  # the face: neck and jaw only
-        r, t, w = r[:, moving], t[:, moving], w[:, moving]
+        r, t, w = r[:, moving], t[:, moving], w[:, moving].T.contiguous()  # w: (J, S)
         # Every vertex through each moving joint's rotation in one product, then their weighted
         # sum: cheaper than blending a 3×3 matrix per vertex first (and its backward).
-        n_j = len(moving)
-        turned = torch.bmm(v, r.permute(0, 3, 1, 2).reshape(b, 3, n_j * 3)).view(b, -1, n_j, 3)
-        return (turned * w[:, :, None]).sum(2) + torch.einsum("sj,bjm->bsm", w, t)
+        turned = torch.bmm(r.reshape(b, -1, 3), v).view(b, len(moving), 3, size)
+        skinned = (turned * w[:, None]).sum(1) + t.transpose(1, 2) @ w  # (B, 3, S)
+        return skinned.transpose(1, 2)
 
     def fold_shape(self, shape: torch.Tensor | None) -> None:
         """Fix the subject's shape (1, n_shape): its offsets join the landmark path's template and

@@ -45,7 +45,7 @@ def posed_vertices(layer: FlameLayer, shape: torch.Tensor, motion: torch.Tensor,
     glob, neck = m[:, layout.GLOBAL_ORIENT], m[:, layout.NECK]
     if not with_head_pose:
         glob, neck = torch.zeros_like(glob), torch.zeros_like(neck)
-    v = layer.vertices(shape.repeat_interleave(t, 0), m[:, layout.EXPRESSION], glob, neck, m[:, layout.JAW], subset)
+    v = layer.vertices(shape, m[:, layout.EXPRESSION], glob, neck, m[:, layout.JAW], subset)  # a shape per sequence
     return v.view(b, t, -1, 3)
 
 
