@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -218,6 +220,35 @@ def test_a_shape_without_scan_fit_is_flagged_in_the_windows(releases, tmp_path):
     for w, ref in zip(flagged, scan_fit, strict=True):
         assert w.row["qa_flags"] == ref.row["qa_flags"] + ["shape: scan fit landmarks 31.0 mm (median) from the "
                                                            "scan's > 10"]
+
+
+def test_a_burst_of_bad_fits_flags_its_window(releases, tmp_path):
+    """A tracking failure of a few frames inside a good window (7 frames at 20–33 px, as seen on real
+    clip1 among frames at 3–4 px: they move neither the window's median nor its p95) flags that
+    window, naming its frames; the other windows of the segment and a two-frame spike stay unflagged."""
+    from singinghead.tasks.windows import segment_windows
+
+    index = json.loads((releases["processed"] / "sessions/sample000/processed.json").read_text())
+    segment = dict(index["takes"]["take01"]["segments"][0])
+    table = pq.read_table(segment["motion"])
+    clean = segment_windows(index, "take01", segment)
+    assert len(clean) >= 2
+    error = table.column("reprojection_error_px").to_numpy().copy()
+    burst = np.arange(240 + 145, 240 + 152)
+    error[burst] = np.linspace(20.0, 33.0, len(burst))
+    error[[10, 11]] = 40.0  # window 0: a two-frame spike is not a tracking failure
+    damaged = tmp_path / "burst_motion.parquet"
+    column = table.schema.get_field_index("reprojection_error_px")
+    pq.write_table(table.set_column(column, "reprojection_error_px",
+                                    pa.array(error, type=table.schema.field(column).type)), damaged)
+    segment["motion"] = str(damaged)
+    windows = segment_windows(index, "take01", segment)
+    def kinds(flags: list[str]) -> list[str]:  # the median and p95 values move a little, their flags do not
+        return [re.sub(r"\d+\.\d px", "… px", f) for f in flags]
+
+    for k, (w, ref) in enumerate(zip(windows, clean, strict=True)):
+        extra = ["reprojection > 12 px in 7 consecutive frames (window frames 145–151)"] if k == 1 else []
+        assert kinds(w.row["qa_flags"]) == kinds(ref.row["qa_flags"]) + extra, k
 
 
 def test_splits_are_deterministic_and_proportional(releases):
