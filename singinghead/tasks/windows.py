@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from singinghead.features.audio import bgm_mfcc_per_frame
+from singinghead.features.face import frame_runs
 from singinghead.schemas import release as R
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.motion import SHAPE_SCAN
@@ -74,12 +75,6 @@ def _read_wav(url: str) -> np.ndarray:
     return data
 
 
-def bad_runs(bad: np.ndarray) -> list[tuple[int, int]]:
-    """[first, last] frame of every run of consecutive True values."""
-    edges = np.diff(np.concatenate([[0], np.asarray(bad, dtype=np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist(), strict=True))
-
-
 def qa_flags(error: np.ndarray, confidence: np.ndarray, outliers: list[list[str]], audio_flags: list[str],
              sync_flags: list[str], shape_source: str = SHAPE_SCAN, shape_flags: list[str] | tuple = ()
              ) -> list[str]:
@@ -91,13 +86,13 @@ def qa_flags(error: np.ndarray, confidence: np.ndarray, outliers: list[list[str]
         flags.append(f"reprojection median {np.median(finite):.1f} px > {REPROJECTION_FLAG_MEDIAN_PX:.0f}")
     if len(finite) and np.percentile(finite, 95) > REPROJECTION_FLAG_P95_PX:
         flags.append(f"reprojection p95 {np.percentile(finite, 95):.1f} px > {REPROJECTION_FLAG_P95_PX:.0f}")
-    bursts = [(a, b) for a, b in bad_runs(np.nan_to_num(error) > REPROJECTION_FLAG_P95_PX)
-              if b - a + 1 >= REPROJECTION_BURST_FRAMES]
+    bursts = [(a, b) for a, b in frame_runs(np.nan_to_num(error) > REPROJECTION_FLAG_P95_PX)
+              if b - a >= REPROJECTION_BURST_FRAMES]
     if bursts:
         a, b = max(bursts, key=lambda r: r[1] - r[0])
         more = f"; {len(bursts)} such runs" if len(bursts) > 1 else ""
-        flags.append(f"reprojection > {REPROJECTION_FLAG_P95_PX:.0f} px in {b - a + 1} consecutive frames "
-                     f"(window frames {a}–{b}){more}")
+        flags.append(f"reprojection > {REPROJECTION_FLAG_P95_PX:.0f} px in {b - a} consecutive frames "
+                     f"(window frames {a}–{b - 1}){more}")
     share = float(np.mean([bool(o) for o in outliers]))
     if share > OUTLIER_FLAG_SHARE:
         flags.append(f"box-plot outliers in {share:.0%} of frames")

@@ -20,6 +20,7 @@ import roma
 import torch
 from sklearn.cross_decomposition import CCA
 
+from singinghead.features.face import frame_runs
 from singinghead.schemas import motion as layout
 
 TAU_S = 0.5
@@ -48,11 +49,7 @@ def closures(eye_closure: np.ndarray, fps: float = layout.FPS, tau_s: float = TA
     x = np.asarray(eye_closure, dtype=float)
     if not np.isfinite(x).any() or np.nanmax(x) - np.nanmin(x) < min_range:
         return []
-    closed = normalise(x) > CLOSED
-    edges = np.diff(np.concatenate([[0], closed.astype(int), [0]]))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    return [Closure(int(s), int(e), "blink" if (e - s) / fps < tau_s else "long") for s, e in zip(starts, ends,
-                                                                                                   strict=True)]
+    return [Closure(s, e, "blink" if (e - s) / fps < tau_s else "long") for s, e in frame_runs(normalise(x) > CLOSED)]
 
 
 def blink_stats(eye_closure: np.ndarray, fps: float = layout.FPS) -> dict[str, float]:
