@@ -10,7 +10,7 @@ from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
 from singinghead.samples.motion import known_sequence
 from singinghead.schemas import motion as layout
-from singinghead.tasks.flame_fit import fit_frames, fit_sequence, replace_frame_outliers
+from singinghead.tasks.flame_fit import concat_fits, fit_frames, fit_sequence, replace_frame_outliers, split_fit
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,35 @@ def test_a_wild_detection_is_a_boxplot_outlier_and_is_replaced(layer):
     assert np.linalg.norm(cleaned.translation[30] - bridged) < 0.002
     # the syllable-rate jaw is motion, not error: nothing but the wild frame is replaced
     assert set(np.flatnonzero(flags["jaw"] | flags["expression"])) <= {30}
+
+
+def test_a_takes_segments_fitted_in_one_batch_get_what_each_gets_alone(layer):
+    """The take's segments are fitted in one batch, each frame with its own segment's camera and no
+    smoothness across segments: what each segment gets is what it gets fitted alone (the frames
+    and sequence fits' steps are per parameter), to float rounding."""
+    truth = known_sequence(layer, frames=90)
+    a, b = slice(0, 50), slice(50, 90)
+    # The second segment seen through another portrait crop: pixels scaled by 0.8 and shifted.
+    K_b = truth.K.copy()
+    K_b[:2] *= 0.8
+    K_b[:2, 2] += [40.0, -25.0]
+    observed_b = truth.observed[b] * 0.8 + [40.0, -25.0]
+    alone = [fit_frames(layer, truth.observed[a], truth.K, steps=100), fit_frames(layer, observed_b, K_b, steps=100)]
+    K = np.concatenate([np.repeat(truth.K[None], 50, 0), np.repeat(K_b[None], 40, 0)])
+    together = split_fit(fit_frames(layer, np.concatenate([truth.observed[a], observed_b]), K, steps=100), [50, 40])
+    for one, both in zip(alone, together, strict=True):
+        for name, value in vars(one).items():
+            np.testing.assert_allclose(getattr(both, name), value, atol=1e-4, err_msg=name)
+
+    shape = np.concatenate([f.shape for f in alone]).mean(0)
+    seq_alone = [fit_sequence(layer, truth.observed[a], truth.K, shape, alone[0], steps=100),
+                 fit_sequence(layer, observed_b, K_b, shape, alone[1], steps=100)]
+    seq_together = split_fit(fit_sequence(layer, np.concatenate([truth.observed[a], observed_b]), K, shape,
+                                          concat_fits(alone), steps=100, lengths=[50, 40]), [50, 40])
+    for one, both in zip(seq_alone, seq_together, strict=True):
+        for name, value in vars(one).items():
+            np.testing.assert_allclose(getattr(both, name), value, atol=1e-4, err_msg=name)
+    # Smoothing across the boundary would have pulled the first frames of the second segment.
+    joined = fit_sequence(layer, np.concatenate([truth.observed[a], observed_b]), K, shape, concat_fits(alone),
+                          steps=100)
+    assert np.abs(joined.motion[50:53] - seq_alone[1].motion[:3]).max() > 1e-3

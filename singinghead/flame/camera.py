@@ -24,9 +24,14 @@ def portrait_camera(K: np.ndarray, crop: tuple[int, int, int], size: int = 1024)
 
 
 def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(B, N, 3) camera-space points (x right, y down, z forward) → (B, N, 2) pixels."""
+    """(B, N, 3) camera-space points (x right, y down, z forward) → (B, N, 2) pixels; K is one
+    camera (3, 3) or one per frame (B, 3, 3) (a take's segments are cropped differently)."""
     uv = points[..., :2] / points[..., 2:3]
-    return uv * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+    focal = torch.stack([K[..., 0, 0], K[..., 1, 1]], -1)
+    centre = torch.stack([K[..., 0, 2], K[..., 1, 2]], -1)
+    if K.dim() == 3:
+        focal, centre = focal[:, None], centre[:, None]
+    return uv * focal + centre
 
 
 # FLAME is y-up, z towards the viewer; the camera is y-down, z forward: a fixed flip.

@@ -31,6 +31,7 @@ import io
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +89,10 @@ def _initial_translation(target: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Per frame, the head placed behind the landmarks' centre at the distance their spread implies
     (a face ≈ 0.13 m wide)."""
     spread = (target[:, :, 0].amax(1) - target[:, :, 0].amin(1)).clamp(min=1.0)
-    z = K[0, 0] * 0.13 / spread
+    fx, fy, cx, cy = K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2]  # one camera, or one per frame
+    z = fx * 0.13 / spread
     c = target.mean(1)
-    return torch.stack([(c[:, 0] - K[0, 2]) / K[0, 0] * z, (c[:, 1] - K[1, 2]) / K[1, 1] * z, z], 1)
+    return torch.stack([(c[:, 0] - cx) / fx * z, (c[:, 1] - cy) / fy * z, z], 1)
 
 
 @dataclass
@@ -111,7 +113,8 @@ class FrameFit:
 def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: np.ndarray | None = None,
                steps: int = 1000, lr: float = 0.04, trans_lr: float = 0.3, shape_reg: float = 1e-4,
                expr_reg: float = 1e-4) -> FrameFit:
-    """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact)."""
+    """Independent per-frame fits of (T, 68, 2) landmarks, batched (frames do not interact: a
+    take's segments go in one batch, each frame with its segment's camera, K (T, 3, 3))."""
     on = tensor_options(layer)
     target, w = _targets(lmk2d, confidence, on)
     Kt = torch.as_tensor(K, **on)
@@ -169,9 +172,13 @@ class SequenceFit:
 def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.ndarray, init: FrameFit,
                  confidence: np.ndarray | None = None, steps: int = 500, lr: float = 0.01,
                  w_smooth: float = 500.0, w_smooth_face: float = 1.0, w_reg: float = 50.0,
-                 trans_lr: float = 0.1, full_mesh: bool = False) -> SequenceFit:
+                 trans_lr: float = 0.1, full_mesh: bool = False, lengths: Sequence[int] | None = None
+                 ) -> SequenceFit:
     """Sequence reprojection optimisation with the subject's shape fixed (see module docstring).
 
+    `lengths`: the frames are consecutive segments of these lengths (a take's, each with its own
+    camera: K (T, 3, 3)), fitted in one batch with no smoothness across their boundaries, so each
+    gets what it would alone (Adam's steps are per parameter) for less than the sum of their costs.
     `full_mesh` evaluates the landmarks through the whole skinned mesh (smplx LBS) instead of the
     landmark-only path (the shape folded into its template too): same result, for benchmarking.
     """
@@ -196,8 +203,15 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
             return layer(None, expr, glob, neck, _jaw(pitch))[1]  # the shape folded as below
         return layer.landmarks(None, expr, glob, neck, _jaw(pitch))
 
+    ends = np.cumsum(lengths if lengths is not None else [T])
+    if ends[-1] != T:
+        raise ValueError(f"segment lengths {list(lengths)} do not add up to the {T} frames")
+    joined = torch.ones(T - 1, 1, **on)
+    joined[ends[:-1] - 1] = 0.0  # frame pairs that straddle two segments
+
     def diff2(x):
-        return (x[1:] - x[:-1]).pow(2).sum()
+        step = (x[1:] - x[:-1]).pow(2)
+        return (step if len(ends) == 1 else step * joined).sum()
 
     for _ in range(steps):
         opt.zero_grad()
@@ -219,6 +233,27 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
     motion[:, layout.NECK] = to_numpy(neck)
     motion[:, layout.JAW] = to_numpy(_jaw(pitch))
     return SequenceFit(motion, to_numpy(trans), to_numpy(rms))
+
+
+def _batch(segments: list[dict], landmarks: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """A take's segments as one batch of frames: landmarks, each frame's camera (its segment's),
+    confidence, and the segments' lengths."""
+    lengths = [len(s["confidence"]) for s in segments]
+    K = np.concatenate([np.repeat(s["K"][None], n, axis=0) for s, n in zip(segments, lengths, strict=True)])
+    return (np.concatenate([s[landmarks] for s in segments]), K, np.concatenate([s["confidence"] for s in segments]),
+            lengths)
+
+
+def concat_fits(fits: list[FrameFit]) -> FrameFit:
+    """Per-frame fits of consecutive segments as one."""
+    return FrameFit(*(np.concatenate([getattr(f, name) for f in fits]) for name in FrameFit.__dataclass_fields__))
+
+
+def split_fit(fit: FrameFit | SequenceFit, lengths: Sequence[int]) -> list:
+    """A batched fit of consecutive segments of these lengths, back into one fit per segment."""
+    cuts = np.cumsum(lengths)[:-1]
+    parts = {name: np.split(value, cuts) for name, value in vars(fit).items()}
+    return [type(fit)(**{name: p[i] for name, p in parts.items()}) for i in range(len(lengths))]
 
 
 def project_motion(layer: FlameLayer, shape: np.ndarray, motion: np.ndarray, translation: np.ndarray,
@@ -341,19 +376,23 @@ def frame_fits_for_take(session_dir: str, session_id: str, take_id: str, video_r
         calib = rec.calibration()
     rows, _ = _segment_rows(crop_refs)
     dense = _by_segment(crop_refs, "dense_landmarks")
-    refs = []
+    segments = []
     for row in rows:
         d = _load_npz(dense[row["segment_index"]].url)
         crop = (row["crop_x0"], row["crop_y0"], row["crop_side"])
-        K = portrait_camera(calib.K, crop, row["output_size"])
-        lmk = undistort_portrait(d["landmarks"], crop, row["output_size"], calib.K, calib.dist)
-        fit = fit_frames(layer, lmk, K, d["confidence"])
-        url = files.join(out_dir, row["video"].replace(".mp4", "_frames.npz"))
-        with files.atomic_output(url) as tmp:
-            np.savez_compressed(tmp, K=K, landmarks=lmk, confidence=d["confidence"],
-                                mouth_opening=d["mouth_opening"], eye_closure=d["eye_closure"],
-                                **{k: v for k, v in vars(fit).items()})
-        refs.append(files.artifact_ref(url, kind="flame_frames", segment_index=row["segment_index"]))
+        d["K"] = portrait_camera(calib.K, crop, row["output_size"])
+        d["landmarks"] = undistort_portrait(d["landmarks"], crop, row["output_size"], calib.K, calib.dist)
+        segments.append(d)
+    refs = []
+    if segments:  # the take's segments in one batch: a step costs far less than a step per segment
+        lmk, K, confidence, lengths = _batch(segments, "landmarks")
+        for row, d, fit in zip(rows, segments, split_fit(fit_frames(layer, lmk, K, confidence), lengths), strict=True):
+            url = files.join(out_dir, row["video"].replace(".mp4", "_frames.npz"))
+            with files.atomic_output(url) as tmp:
+                np.savez_compressed(tmp, K=d["K"], landmarks=d["landmarks"], confidence=d["confidence"],
+                                    mouth_opening=d["mouth_opening"], eye_closure=d["eye_closure"],
+                                    **{k: v for k, v in vars(fit).items()})
+            refs.append(files.artifact_ref(url, kind="flame_frames", segment_index=row["segment_index"]))
     catalog.record(STEP_FRAMES, VERSION, params, inputs, refs, meta={"session_id": session_id, "take_id": take_id})
     return refs
 
@@ -410,7 +449,7 @@ def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRe
     layer = flame_layer(str(folder), params["flame"])
     rows, _ = _segment_rows(crop_refs)
     fits = _by_segment(frame_refs, "flame_frames")
-    refs, summary = [], []
+    summary, tracked = [], []
     for row in rows:
         d = _load_npz(fits[row["segment_index"]].url)
         missing = ~np.isfinite(d["landmarks"]).all(axis=(1, 2))
@@ -420,11 +459,19 @@ def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRe
                             "reprojection_px": {"median": None, "p95": None},
                             "skipped": "no landmarks in any frame"})
             continue
-        frames, flags = replace_frame_outliers(_frame_fit(d), OUTLIER_SCALE)
-        conf = np.where(missing, 0.0, d["confidence"])
+        init, flags = replace_frame_outliers(_frame_fit(d), OUTLIER_SCALE)
+        confidence = np.where(missing, 0.0, d["confidence"])
         filled = replace_outliers(d["landmarks"], missing)  # gaps bridged; they carry no weight
-        smoothed = smooth_landmarks(filled, conf, fidelity=LANDMARK_FIDELITY)
-        seq = fit_sequence(layer, smoothed, d["K"], shape, frames, conf)
+        tracked.append({"row": row, "data": d, "missing": missing, "flags": flags, "init": init, "K": d["K"],
+                        "confidence": confidence,
+                        "smoothed": smooth_landmarks(filled, confidence, fidelity=LANDMARK_FIDELITY)})
+    refs, seqs = [], []
+    if tracked:  # the take's segments in one batch, each smooth within itself only
+        lmk, K, confidence, lengths = _batch(tracked, "smoothed")
+        seqs = split_fit(fit_sequence(layer, lmk, K, shape, concat_fits([t["init"] for t in tracked]), confidence,
+                                      lengths=lengths), lengths)
+    for t, seq in zip(tracked, seqs, strict=True):
+        row, d, missing, flags = t["row"], t["data"], t["missing"], t["flags"]
         fitted = project_motion(layer, shape, seq.motion, seq.translation, d["K"])
         error = np.sqrt(((fitted - d["landmarks"]) ** 2).sum(-1).mean(-1))  # against the detections
         url = files.join(out_dir, row["video"].replace(".mp4", "_motion.parquet"))
@@ -438,6 +485,7 @@ def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRe
             "reprojection_px": {"median": float(np.median(finite)) if len(finite) else None,
                                 "p95": float(np.percentile(finite, 95)) if len(finite) else None},
         })
+    summary.sort(key=lambda entry: entry["segment_index"])
     report = files.write_json_atomic(files.join(out_dir, "motion_summary.json"),
                                      {"take_id": take_id, "shape_source": shape_source, "segments": summary})
     report.meta = {"kind": "motion_summary"}
