@@ -10,7 +10,14 @@ from singinghead.flame.layer import FlameLayer
 from singinghead.flame.model import load_flame
 from singinghead.samples.motion import known_sequence
 from singinghead.schemas import motion as layout
-from singinghead.tasks.flame_fit import concat_fits, fit_frames, fit_sequence, replace_frame_outliers, split_fit
+from singinghead.tasks.flame_fit import (
+    batch_groups,
+    concat_fits,
+    fit_frames,
+    fit_sequence,
+    replace_frame_outliers,
+    split_fit,
+)
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +162,6 @@ def test_a_takes_segments_fitted_in_one_batch_get_what_each_gets_alone(layer):
     joined = fit_sequence(layer, np.concatenate([truth.observed[a], observed_b]), K, shape, concat_fits(alone),
                           steps=100)
     assert np.abs(joined.motion[50:53] - seq_alone[1].motion[:3]).max() > 1e-3
+    # A long take is fitted in batches of at most FIT_BATCH_FRAMES (a fit holds ≈ 24 KB a frame);
+    # a segment longer than that is fitted alone, as it was before batching.
+    assert batch_groups([50, 40, 9000, 10, 8990, 5], limit=9000) == [[0, 1], [2], [3, 4], [5]]

@@ -31,7 +31,7 @@ import io
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,13 +235,42 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
     return SequenceFit(motion, to_numpy(trans), to_numpy(rms))
 
 
+#: Frames fitted in one batch at most: a fit holds ≈ 24 KB a frame, so a batch stays ≈ 200 MB
+#: whatever the take's length (a longer segment is fitted alone, as it was before batching).
+FIT_BATCH_FRAMES = 9000
+
+
+def batch_groups(lengths: Sequence[int], limit: int = FIT_BATCH_FRAMES) -> list[list[int]]:
+    """Consecutive segments grouped into batches of at most `limit` frames (a longer one alone)."""
+    groups: list[list[int]] = []
+    size = 0
+    for i, n in enumerate(lengths):
+        if groups and size + n <= limit:
+            groups[-1].append(i)
+            size += n
+        else:
+            groups.append([i])
+            size = n
+    return groups
+
+
 def _batch(segments: list[dict], landmarks: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """A take's segments as one batch of frames: landmarks, each frame's camera (its segment's),
-    confidence, and the segments' lengths."""
+    """Segments as one batch of frames: landmarks, each frame's camera (its segment's), confidence,
+    and the segments' lengths."""
     lengths = [len(s["confidence"]) for s in segments]
     K = np.concatenate([np.repeat(s["K"][None], n, axis=0) for s, n in zip(segments, lengths, strict=True)])
     return (np.concatenate([s[landmarks] for s in segments]), K, np.concatenate([s["confidence"] for s in segments]),
             lengths)
+
+
+def _in_batches(segments: list[dict], fit: Callable[[list[dict]], FrameFit | SequenceFit]) -> list:
+    """`fit` run on batches of a take's consecutive segments (`batch_groups`), split back per segment:
+    one step over many frames costs far less than one step per segment."""
+    out = []
+    for group in batch_groups([len(s["confidence"]) for s in segments]):
+        batch = [segments[i] for i in group]
+        out += split_fit(fit(batch), [len(s["confidence"]) for s in batch])
+    return out
 
 
 def concat_fits(fits: list[FrameFit]) -> FrameFit:
@@ -383,16 +412,19 @@ def frame_fits_for_take(session_dir: str, session_id: str, take_id: str, video_r
         d["K"] = portrait_camera(calib.K, crop, row["output_size"])
         d["landmarks"] = undistort_portrait(d["landmarks"], crop, row["output_size"], calib.K, calib.dist)
         segments.append(d)
+
+    def fit_batch(batch: list[dict]) -> FrameFit:
+        lmk, K, confidence, _ = _batch(batch, "landmarks")
+        return fit_frames(layer, lmk, K, confidence)
+
     refs = []
-    if segments:  # the take's segments in one batch: a step costs far less than a step per segment
-        lmk, K, confidence, lengths = _batch(segments, "landmarks")
-        for row, d, fit in zip(rows, segments, split_fit(fit_frames(layer, lmk, K, confidence), lengths), strict=True):
-            url = files.join(out_dir, row["video"].replace(".mp4", "_frames.npz"))
-            with files.atomic_output(url) as tmp:
-                np.savez_compressed(tmp, K=d["K"], landmarks=d["landmarks"], confidence=d["confidence"],
-                                    mouth_opening=d["mouth_opening"], eye_closure=d["eye_closure"],
-                                    **{k: v for k, v in vars(fit).items()})
-            refs.append(files.artifact_ref(url, kind="flame_frames", segment_index=row["segment_index"]))
+    for row, d, fit in zip(rows, segments, _in_batches(segments, fit_batch), strict=True):
+        url = files.join(out_dir, row["video"].replace(".mp4", "_frames.npz"))
+        with files.atomic_output(url) as tmp:
+            np.savez_compressed(tmp, K=d["K"], landmarks=d["landmarks"], confidence=d["confidence"],
+                                mouth_opening=d["mouth_opening"], eye_closure=d["eye_closure"],
+                                **{k: v for k, v in vars(fit).items()})
+        refs.append(files.artifact_ref(url, kind="flame_frames", segment_index=row["segment_index"]))
     catalog.record(STEP_FRAMES, VERSION, params, inputs, refs, meta={"session_id": session_id, "take_id": take_id})
     return refs
 
@@ -465,12 +497,14 @@ def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRe
         tracked.append({"row": row, "data": d, "missing": missing, "flags": flags, "init": init, "K": d["K"],
                         "confidence": confidence,
                         "smoothed": smooth_landmarks(filled, confidence, fidelity=LANDMARK_FIDELITY)})
-    refs, seqs = [], []
-    if tracked:  # the take's segments in one batch, each smooth within itself only
-        lmk, K, confidence, lengths = _batch(tracked, "smoothed")
-        seqs = split_fit(fit_sequence(layer, lmk, K, shape, concat_fits([t["init"] for t in tracked]), confidence,
-                                      lengths=lengths), lengths)
-    for t, seq in zip(tracked, seqs, strict=True):
+
+    def fit_batch(batch: list[dict]) -> SequenceFit:  # each segment smooth within itself only
+        lmk, K, confidence, lengths = _batch(batch, "smoothed")
+        return fit_sequence(layer, lmk, K, shape, concat_fits([t["init"] for t in batch]), confidence,
+                            lengths=lengths)
+
+    refs = []
+    for t, seq in zip(tracked, _in_batches(tracked, fit_batch), strict=True):
         row, d, missing, flags = t["row"], t["data"], t["missing"], t["flags"]
         fitted = project_motion(layer, shape, seq.motion, seq.translation, d["K"])
         error = np.sqrt(((fitted - d["landmarks"]) ** 2).sum(-1).mean(-1))  # against the detections
