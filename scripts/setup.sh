@@ -96,12 +96,15 @@ quietly "$VENV/bin/uv" pip check --python "$VENV/bin/python" || {
 # facenet-pytorch pins an old torch and numpy; its code runs fine on ours.
 quietly "${uv_install[@]}" "${main_first[@]}" facenet-pytorch==2.6.0 || exit 1
 quietly "${uv_install[@]}" --no-build-isolation -e . || exit 1
-# librosa compiles its numba gufuncs when it is imported and caches them beside its sources.
-# Processes compiling them at the same moment (a fresh .venv's first Dask workers and flow runs)
-# can cache a gufunc's kernel and its wrapper from different compilations, whose symbols do not
-# match; a process that loads such a pair dies of a segmentation fault at its first call (numba
-# issue #10128; it killed a clean-clone `make test`). So they are compiled here, once, by one
-# process, after any cache an earlier install left is cleared: later processes only read them.
+# librosa compiles its numba kernels when it imports them or at their first call, and caches
+# them beside its sources. Processes compiling them at the same moment (a fresh .venv's first
+# Dask workers and flow runs) can cache a gufunc's kernel and its wrapper from different
+# compilations, whose symbols do not match; a process that loads such a pair dies of a
+# segmentation fault at its first call (numba issue #10128; it killed a clean-clone `make test`).
+# So the kernels singinghead's librosa calls use are compiled here, once, by one process, after
+# any cache an earlier install left is cleared: later processes only read them
+# (tests/test_setup.py makes those calls and checks that nothing compiles). librosa.beat's,
+# which nothing here calls, are left out (15 s of the 40 all would take).
 quietly "$VENV/bin/python" - <<'PY' || exit 1
 import importlib.util
 from pathlib import Path
@@ -109,8 +112,14 @@ from pathlib import Path
 root = Path(importlib.util.find_spec("librosa").origin).parent
 for cached in [*root.rglob("__pycache__/*.nbi"), *root.rglob("__pycache__/*.nbc")]:
     cached.unlink()
-import librosa.beat  # noqa: E402,F401  (compiles the beat tracker's gufuncs)
+import librosa.core.audio  # noqa: E402,F401  (zero crossings)
+import librosa.core.pitch  # noqa: E402,F401  (parabolic interpolation: yin)
 import librosa.util.utils  # noqa: E402,F401  (localmax, localmin, peak_pick, ...)
+import numpy as np  # noqa: E402
+
+import librosa  # noqa: E402
+
+librosa.istft(librosa.stft(np.zeros(8192, np.float32)))  # overlap-add: compiled at its first call
 PY
 echo "$want" > "$STAMP"
 echo "setup: $VENV is ready"
