@@ -104,7 +104,7 @@ quietly "${uv_install[@]}" --no-build-isolation -e . || exit 1
 # So the kernels singinghead's librosa calls use are compiled here, once, by one process, after
 # any cache an earlier install left is cleared: later processes only read them
 # (tests/test_setup.py makes those calls and checks that nothing compiles). librosa.beat's,
-# which nothing here calls, are left out (15 s of the 40 all would take).
+# which nothing here calls, are left out (about 15 s of compiling).
 quietly "$VENV/bin/python" - <<'PY' || exit 1
 import importlib.util
 from pathlib import Path
@@ -119,7 +119,7 @@ import numpy as np  # noqa: E402
 
 import librosa  # noqa: E402
 
-librosa.istft(librosa.stft(np.zeros(8192, np.float32)))  # overlap-add: compiled at its first call
+librosa.istft(librosa.stft(np.zeros(8192, np.float32)))  # overlap-add, window sum-square: at first call
 PY
 echo "$want" > "$STAMP"
 echo "setup: $VENV is ready"
