@@ -19,6 +19,14 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+#: Adam steps of the FLAME fits in the tests about orchestration (many sessions at once, the real
+#: services with a killed worker): they check the catalog, the artifacts, recovery and memory (a
+#: fit's memory does not grow with its steps), not the fits' accuracy, which the sample session,
+#: the real faces and test_flame_fit check at the default steps (1,000 and 500). A tenth of them
+#: takes about 10 core-s off each take.
+ORCHESTRATION_FIT_STEPS = {"SINGINGHEAD_FLAME_FRAME_STEPS": "100", "SINGINGHEAD_FLAME_SEQUENCE_STEPS": "50"}
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

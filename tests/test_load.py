@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PeakRSS
+from conftest import ORCHESTRATION_FIT_STEPS, PeakRSS
 
 from singinghead.samples.session import build_sample_session
 from singinghead.storage import files
@@ -38,8 +38,11 @@ def small_sessions(prebuilt) -> list[Path]:
     return [future.result() for future in prebuilt["small_sessions"]]
 
 
-def test_twenty_sessions_at_once(small_sessions, tmp_path, prefect_harness):
+def test_twenty_sessions_at_once(small_sessions, tmp_path, prefect_harness, monkeypatch):
     from singinghead.flows.process_session import run_process_sessions
+
+    for name, value in ORCHESTRATION_FIT_STEPS.items():  # read by the flows, which run in this process
+        monkeypatch.setenv(name, value)
 
     out = tmp_path / "out"
     with PeakRSS() as rss:

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import ORCHESTRATION_FIT_STEPS
 
 from singinghead.storage import files
 from singinghead.storage.catalog import Catalog
@@ -149,7 +150,8 @@ def served(services):
 
     env = dict(os.environ, PREFECT_API_URL=services["api"], SINGINGHEAD_DASK_ADDRESS=services["address"],
                SINGINGHEAD_DASK_GPU_RESOURCE="true", PREFECT_HOME=str(services["home"] / "serve"),
-               PREFECT_RUNNER_POLL_FREQUENCY="2")  # looks for scheduled runs every 2 s (default 10)
+               PREFECT_RUNNER_POLL_FREQUENCY="2",  # looks for scheduled runs every 2 s (default 10)
+               **ORCHESTRATION_FIT_STEPS)  # read by the flows it serves
     log = open(services["home"] / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "singinghead.cli", "serve"], env=env, stdout=log, stderr=log)
 
@@ -253,6 +255,8 @@ def test_process_session_on_real_services_s3_gpu_limit_and_a_killed_worker(servi
 
     session_copy = short_session_copy
     monkeypatch.setenv("SINGINGHEAD_DASK_GPU_RESOURCE", "true")
+    for name, value in ORCHESTRATION_FIT_STEPS.items():  # as the served flows have them (the re-run below)
+        monkeypatch.setenv(name, value)
     out = f"s3://{BUCKET}/processed"
 
     async def state(flow_run_id):

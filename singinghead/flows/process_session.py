@@ -267,7 +267,7 @@ def _ok(result: dict | None) -> bool:
 
 
 def take_pipeline(root: Path, session_id: str, take, video_bytes: int, out: str, catalog: Catalog,
-                  submitted: dict[str, list[str]]) -> Generator[PrefectFuture, object, dict]:
+                  submitted: dict[str, list[str]], frame_steps: int) -> Generator[PrefectFuture, object, dict]:
     """ingest → crop → audio → per-frame FLAME of one take, each step as soon as this take's own
     inputs are ready (a long take never holds a short one back), with the most work left first
     (`work_left`). Returns the steps' results."""
@@ -303,8 +303,9 @@ def take_pipeline(root: Path, session_id: str, take, video_bytes: int, out: str,
     if not _ok(steps["audio"]):
         return steps
     steps["frames"] = yield from _step(  # fits the crop's landmarks; a take without usable audio is not fitted
-        session_id, take.id, "flame frames", lambda: flame_fit.frames_done(out, crop_refs),
-        lambda: submit_gpu(flame_fit.frame_fits_task, str(root), session_id, take.id, take.video, crop_refs, out),
+        session_id, take.id, "flame frames", lambda: flame_fit.frames_done(out, crop_refs, frame_steps),
+        lambda: submit_gpu(flame_fit.frame_fits_task, str(root), session_id, take.id, take.video, crop_refs, out,
+                           frame_steps),
         submitted, priority("flame frames"))
     return steps
 
@@ -337,7 +338,9 @@ def process_session(session_dir: str, out: str) -> dict:
     size = {take.id: (root / take.video).stat().st_size for take in manifest.takes}
     longest_first = sorted(manifest.takes, key=lambda take: -size[take.id])
     scan_first = {LIGHT_STAGE: max(map(partial(work_left, step="ingest"), size.values()), default=0) + 1}
-    pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, size[take.id], out, catalog, submitted)
+    settings = get_settings()  # read here, where the flow runs: its tasks get them as arguments
+    pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, size[take.id], out, catalog, submitted,
+                                             settings.flame_frame_steps)
                       for take in longest_first})
     pipelines = run_pipelines(pipelines, scan_first)
     light_stage = pipelines.pop(LIGHT_STAGE, {"status": "absent"})
@@ -378,9 +381,11 @@ def process_session(session_dir: str, out: str) -> dict:
                             (json.dumps(shape_info, indent=2) + "\n").encode())
         motions.update(run_pipelines({
             take_id: _step(manifest.session_id, take_id, "flame sequence",
-                           partial(flame_fit.sequence_done, out, f["refs"], shape_info["shape"], shape_info["source"]),
+                           partial(flame_fit.sequence_done, out, f["refs"], shape_info["shape"], shape_info["source"],
+                                   settings.flame_sequence_steps),
                            partial(submit_gpu, flame_fit.sequences_task, manifest.session_id, take_id,
-                                   crops[take_id]["refs"], f["refs"], shape_info["shape"], shape_info["source"], out),
+                                   crops[take_id]["refs"], f["refs"], shape_info["shape"], shape_info["source"], out,
+                                   settings.flame_sequence_steps),
                            submitted, work_left(size[take_id], "flame sequence"))
             for take_id, f in fits.items() if f["status"] == "ok"}))
     motion_reports = {take_id: flame_fit.read_motion_summary(m["refs"]) if m["status"] == "ok" else m

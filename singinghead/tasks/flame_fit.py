@@ -376,23 +376,23 @@ def _segment_rows(crop_refs: list[ArtifactRef]) -> tuple[list[dict], str]:
     return files.read_parquet(table.url).to_pylist(), table.sha256
 
 
-def _frames_identity(out: str, crop_refs: list[ArtifactRef]) -> tuple[dict, dict]:
+def _frames_identity(out: str, crop_refs: list[ArtifactRef], steps: int) -> tuple[dict, dict]:
     _, table_sha = _segment_rows(crop_refs)
     dense = _by_segment(crop_refs, "dense_landmarks")
     inputs = {"segments": table_sha, **{f"landmarks_{i:03d}": r.sha256 for i, r in sorted(dense.items())}}
-    return {"flame": model_id(flame_folder(out))}, inputs
+    return {"flame": model_id(flame_folder(out)), "steps": steps}, inputs
 
 
-def frames_done(out: str, crop_refs: list[ArtifactRef]) -> list[ArtifactRef] | None:
-    done = Catalog(out).lookup(STEP_FRAMES, VERSION, *_frames_identity(out, crop_refs))
+def frames_done(out: str, crop_refs: list[ArtifactRef], steps: int) -> list[ArtifactRef] | None:
+    done = Catalog(out).lookup(STEP_FRAMES, VERSION, *_frames_identity(out, crop_refs, steps))
     return done.outputs if done is not None else None
 
 
 def frame_fits_for_take(session_dir: str, session_id: str, take_id: str, video_rel: str,
-                        crop_refs: list[ArtifactRef], out: str) -> list[ArtifactRef]:
+                        crop_refs: list[ArtifactRef], out: str, steps: int) -> list[ArtifactRef]:
     """Monocular per-frame FLAME fits of every segment of a take (one NPZ per segment), to the crop
-    step's dense landmarks."""
-    params, inputs = _frames_identity(out, crop_refs)
+    step's dense landmarks, with `steps` Adam steps (the flow's settings: flame_frame_steps)."""
+    params, inputs = _frames_identity(out, crop_refs, steps)
     catalog = Catalog(out)
     done = catalog.lookup(STEP_FRAMES, VERSION, params, inputs)
     if done is not None:
@@ -415,7 +415,7 @@ def frame_fits_for_take(session_dir: str, session_id: str, take_id: str, video_r
 
     def fit_batch(batch: list[dict]) -> FrameFit:
         lmk, K, confidence, _ = _batch(batch, "landmarks")
-        return fit_frames(layer, lmk, K, confidence)
+        return fit_frames(layer, lmk, K, confidence, steps=steps)
 
     refs = []
     for row, d, fit in zip(rows, segments, _in_batches(segments, fit_batch), strict=True):
@@ -451,26 +451,28 @@ def subject_shape(frame_refs: list[ArtifactRef], scale: float = SHAPE_OUTLIER_SC
     return np.average(all_shapes[keep], axis=0, weights=np.maximum(w[keep], 1e-6)), int(keep.sum())
 
 
-def _sequence_identity(out: str, frame_refs: list[ArtifactRef], shape: np.ndarray, shape_source: str
+def _sequence_identity(out: str, frame_refs: list[ArtifactRef], shape: np.ndarray, shape_source: str, steps: int
                        ) -> tuple[dict, dict]:
-    params = {"flame": model_id(flame_folder(out)), "outlier_scale": OUTLIER_SCALE,
+    params = {"flame": model_id(flame_folder(out)), "steps": steps, "outlier_scale": OUTLIER_SCALE,
               "landmark_fidelity": LANDMARK_FIDELITY, "shape_source": shape_source,
               "shape": hashlib.sha256(np.asarray(shape, dtype="<f8").tobytes()).hexdigest()[:16]}
     return params, {f"frames_{r.meta['segment_index']:03d}": r.sha256 for r in frame_refs}
 
 
-def sequence_done(out: str, frame_refs: list[ArtifactRef], shape: np.ndarray, shape_source: str
+def sequence_done(out: str, frame_refs: list[ArtifactRef], shape: np.ndarray, shape_source: str, steps: int
                   ) -> list[ArtifactRef] | None:
-    done = Catalog(out).lookup(STEP_SEQUENCE, VERSION, *_sequence_identity(out, frame_refs, shape, shape_source))
+    done = Catalog(out).lookup(STEP_SEQUENCE, VERSION,
+                               *_sequence_identity(out, frame_refs, shape, shape_source, steps))
     return done.outputs if done is not None else None
 
 
 def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRef], frame_refs: list[ArtifactRef],
-                       shape: np.ndarray, shape_source: str, out: str) -> list[ArtifactRef]:
-    """Outliers, landmark smoothing and sequence optimisation of every segment of a take with the
-    subject's final shape; one motion Parquet per segment and a take summary."""
+                       shape: np.ndarray, shape_source: str, out: str, steps: int) -> list[ArtifactRef]:
+    """Outliers, landmark smoothing and sequence optimisation (`steps` Adam steps: the flow's
+    settings, flame_sequence_steps) of every segment of a take with the subject's final shape; one
+    motion Parquet per segment and a take summary."""
     shape = np.asarray(shape, dtype=np.float64)
-    params, inputs = _sequence_identity(out, frame_refs, shape, shape_source)
+    params, inputs = _sequence_identity(out, frame_refs, shape, shape_source, steps)
     catalog = Catalog(out)
     done = catalog.lookup(STEP_SEQUENCE, VERSION, params, inputs)
     if done is not None:
@@ -501,7 +503,7 @@ def sequences_for_take(session_id: str, take_id: str, crop_refs: list[ArtifactRe
     def fit_batch(batch: list[dict]) -> SequenceFit:  # each segment smooth within itself only
         lmk, K, confidence, lengths = _batch(batch, "smoothed")
         return fit_sequence(layer, lmk, K, shape, concat_fits([t["init"] for t in batch]), confidence,
-                            lengths=lengths)
+                            steps=steps, lengths=lengths)
 
     refs = []
     for t, seq in zip(tracked, _in_batches(tracked, fit_batch), strict=True):
@@ -563,15 +565,16 @@ def read_motion(url: str) -> tuple[pa.Table, np.ndarray]:
 
 @task(name="flame-frames", task_run_name="flame-frames-{take_id}", retries=1, retry_delay_seconds=2)
 def frame_fits_task(session_dir: str, session_id: str, take_id: str, video_rel: str, crop_refs: list[ArtifactRef],
-                    out: str) -> list[ArtifactRef]:
-    return frame_fits_for_take(session_dir, session_id, take_id, video_rel, crop_refs, out)
+                    out: str, steps: int) -> list[ArtifactRef]:
+    return frame_fits_for_take(session_dir, session_id, take_id, video_rel, crop_refs, out, steps)
 
 
 @task(name="flame-sequence", task_run_name="flame-sequence-{take_id}", retries=1,
       retry_delay_seconds=2)
 def sequences_task(session_id: str, take_id: str, crop_refs: list[ArtifactRef], frame_refs: list[ArtifactRef],
-                   shape: list[float], shape_source: str, out: str) -> list[ArtifactRef]:
-    return sequences_for_take(session_id, take_id, crop_refs, frame_refs, np.asarray(shape), shape_source, out)
+                   shape: list[float], shape_source: str, out: str, steps: int) -> list[ArtifactRef]:
+    return sequences_for_take(session_id, take_id, crop_refs, frame_refs, np.asarray(shape), shape_source, out,
+                              steps)
 
 
 def read_motion_summary(refs: list[ArtifactRef]) -> dict:
