@@ -190,3 +190,43 @@ def test_rotations_equal_romas_in_value_and_gradient():
     # roma's small-angle branch (θ < 1e-6) is first order: compare its gradient from 1e-3 up.
     assert (grad_ours[2:] - grad_theirs[2:]).abs().max() < 1e-9
     assert torch.autograd.gradcheck(rotvec_to_rotmat, (rotvec.detach()[:, :1].clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_reprojection_error_and_its_hand_written_gradient_equal_autograds(model, folded):
+    """The fits' reprojection error (hand-written backward) against autograd through the landmark
+    path and the camera, float64, one camera per frame: the error and the gradient of a weighted
+    sum of it in every input (shape folded into the basis, as the sequence fit has it, or not, as
+    the per-frame fit); and torch's gradcheck (finite differences) on the function itself."""
+    from singinghead.flame.camera import project, to_camera
+    from singinghead.flame.layer import rotvec_to_rotmat
+    from singinghead.flame.reprojection import LandmarkBasis, reprojection_error
+
+    layer = FlameLayer(model, dtype=torch.float64)
+    shape, expr, glob, neck, jaw = (p.requires_grad_(True) for p in _params(5))
+    g = torch.Generator().manual_seed(1)
+    trans = (torch.tensor([0.01, -0.02, 0.6], dtype=torch.float64)
+             + 0.01 * torch.randn(5, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+    K = torch.tensor([[1800.0, 0, 512], [0, 1810, 500], [0, 0, 1]], dtype=torch.float64).repeat(5, 1, 1)
+    K[:, :2, 2] += torch.arange(5, dtype=torch.float64)[:, None]
+    target = 1024 * torch.rand(5, 68, 2, generator=g, dtype=torch.float64)
+    weights = torch.rand(5, generator=g, dtype=torch.float64)
+    if folded:
+        layer.fold_shape(shape[:1].detach())
+        lmk = layer.landmarks(None, expr, glob, neck, jaw)
+        basis, coefficients, inputs = LandmarkBasis.of(layer, shape[:1].detach()), expr, [expr, glob, neck, jaw, trans]
+    else:
+        lmk = layer.landmarks(shape, expr, glob, neck, jaw)
+        basis, coefficients = LandmarkBasis.of(layer), torch.cat([shape, expr], 1)
+        inputs = [shape, expr, glob, neck, jaw, trans]
+    expected = (project(to_camera(lmk, trans), K) - target).pow(2).sum(-1).mean(-1)
+    rotations = rotvec_to_rotmat(torch.stack([glob, neck, jaw], 1)).unbind(1)
+    error = reprojection_error(basis, coefficients, *rotations, trans, K, target)
+    assert (error - expected).abs().max() < 1e-12 * expected.abs().max()
+    for ours, theirs in zip(torch.autograd.grad((weights * error).sum(), inputs),
+                            torch.autograd.grad((weights * expected).sum(), inputs), strict=True):
+        assert (ours - theirs).abs().max() < 1e-10 * theirs.abs().max()
+    leaf = lambda t: t.detach()[:2].clone().requires_grad_(True)  # noqa: E731
+    assert torch.autograd.gradcheck(lambda c, r0, r1, r2, t: reprojection_error(basis, c, r0, r1, r2, t, K[:2],
+                                                                                target[:2]),
+                                    (leaf(coefficients), *map(leaf, rotations), leaf(trans)))

@@ -35,8 +35,8 @@ def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 
 
 # FLAME is y-up, z towards the viewer; the camera is y-down, z forward: a fixed flip.
-_FLIP = torch.tensor([1.0, -1.0, -1.0])
+FLIP = torch.tensor([1.0, -1.0, -1.0])
 
 
 def to_camera(lmk_model: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
-    return lmk_model * _FLIP.to(lmk_model) + translation[:, None, :]
+    return lmk_model * FLIP.to(lmk_model) + translation[:, None, :]

@@ -45,8 +45,9 @@ from prefect import task
 from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.flame.camera import portrait_camera, project, to_camera
 from singinghead.flame.ict import write_model
-from singinghead.flame.layer import FlameLayer
+from singinghead.flame.layer import FlameLayer, rotvec_to_rotmat
 from singinghead.flame.model import load_flame
+from singinghead.flame.reprojection import LandmarkBasis, reprojection_error
 from singinghead.schemas import motion as layout
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.settings import get_settings, torch_device
@@ -124,21 +125,24 @@ def fit_frames(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, confidence: 
     rot = torch.zeros(T, 3, **on, requires_grad=True)
     pitch = torch.zeros(T, 1, **on, requires_grad=True)
     trans = _initial_translation(target, Kt).requires_grad_(True)
-    zero = torch.zeros(T, 3, **on)
+    basis = LandmarkBasis.of(layer)
+    neck = torch.eye(3, **on).expand(T, 3, 3)  # no neck per frame: the whole head's rotation is global
+
+    def error():  # px² per frame
+        head, jaw = rotvec_to_rotmat(torch.stack([rot, _jaw(pitch)], 1)).unbind(1)
+        return reprojection_error(basis, torch.cat([shape, expr], 1), head, neck, jaw, trans, Kt, target)
+
     opt = torch.optim.Adam([{"params": [shape, expr, rot, pitch]}, {"params": [trans], "lr": lr * trans_lr}], lr=lr,
                            fused=True)
     for _ in range(steps):
         opt.zero_grad()
-        lmk = layer.landmarks(shape, expr, rot, zero, _jaw(pitch))
-        err = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1)  # px² per frame
-        loss = (w * err).sum() / 100 + shape_reg * shape.pow(2).sum() + expr_reg * expr.pow(2).sum()
+        loss = (w * error()).sum() / 100 + shape_reg * shape.pow(2).sum() + expr_reg * expr.pow(2).sum()
         loss.backward()
         opt.step()
         with torch.no_grad():
             pitch.clamp_(0.0, 0.6)
     with torch.no_grad():
-        lmk = layer.landmarks(shape, expr, rot, zero, _jaw(pitch))
-        rms = (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1).sqrt()
+        rms = error().sqrt()
         rms[w == 0] = float("nan")
         jaw = _jaw(pitch)
     return FrameFit(to_numpy(shape), to_numpy(expr), to_numpy(rot), to_numpy(jaw), to_numpy(trans), to_numpy(rms))
@@ -198,10 +202,14 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
     opt = torch.optim.Adam([{"params": [glob, neck, expr, pitch]}, {"params": [trans], "lr": lr * trans_lr}], lr=lr,
                            fused=True)
 
-    def landmarks():
-        if full_mesh:
-            return layer(None, expr, glob, neck, _jaw(pitch))[1]  # the shape folded as below
-        return layer.landmarks(None, expr, glob, neck, _jaw(pitch))
+    basis = LandmarkBasis.of(layer, shape_t)
+
+    def error():  # px² per frame
+        if full_mesh:  # the shape folded as below
+            lmk = layer(None, expr, glob, neck, _jaw(pitch))[1]
+            return (project(to_camera(lmk, trans), Kt) - target).pow(2).sum(-1).mean(-1)
+        return reprojection_error(basis, expr, *rotvec_to_rotmat(torch.stack([glob, neck, _jaw(pitch)], 1)).unbind(1),
+                                  trans, Kt, target)
 
     ends = np.cumsum(lengths if lengths is not None else [T])
     if ends[-1] != T:
@@ -215,7 +223,7 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
 
     for _ in range(steps):
         opt.zero_grad()
-        err = (project(to_camera(landmarks(), trans), Kt) - target).pow(2).sum(-1).mean(-1)
+        err = error()
         l_smooth = diff2(glob) + diff2(neck) + 100 * diff2(trans)
         l_face = diff2(expr) + diff2(pitch)
         l_reg = glob.pow(2).sum() + neck.pow(2).sum()
@@ -224,7 +232,7 @@ def fit_sequence(layer: FlameLayer, lmk2d: np.ndarray, K: np.ndarray, shape: np.
         with torch.no_grad():
             pitch.clamp_(0.0, 0.6)
     with torch.no_grad():
-        rms = (project(to_camera(landmarks(), trans), Kt) - target).pow(2).sum(-1).mean(-1).sqrt()
+        rms = error().sqrt()
         rms[w == 0] = float("nan")
     layer.fold_shape(None)
     motion = np.zeros((T, layout.MOTION_DIM))
