@@ -38,7 +38,7 @@ def _low_priority() -> None:
     """A background builder: low priority, and its math on one thread (as a Dask worker's, which
     Dask's nanny sets): it runs beside the tests' own processes, so a second thread only contends
     for a core that is taken (the overfitting run: 68 core-s on one thread against 82 on two)."""
-    os.nice(19)
+    os.nice(10)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"  # before torch and numpy load in this fresh (spawned) process
     import cv2
@@ -46,22 +46,14 @@ def _low_priority() -> None:
     cv2.setNumThreads(1)
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """The tests of modules with `background_builds` (below) run last, in their own order, after
-    every other test: their inputs are built meanwhile in the core-seconds the other tests leave
-    idle (about 230 of a whole run's 2,500: flows waiting for a GPU slot, single-threaded steps),
-    instead of alongside the busy start of the run (the sample session's build and processing)."""
-    items.sort(key=lambda item: hasattr(item.module, "background_builds"))  # stable: the rest keep their order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def prebuilt(request, tmp_path_factory) -> Iterator[dict[str, list[Future]]]:
-    """Inputs that only the last tests need (the load test's 20 sessions, the real-face takes, the
-    trainer's overfitting run) are built from the start of the run in two spawned processes at the
-    lowest priority (nice 19): they take the core-seconds the tests ahead of them leave idle, and a
-    test that needs them waits only for what is left. A test module declares its own as
-    `background_builds(tmp_path_factory) -> {key: [(function, args), ...]}`; only the modules of
-    the tests being run are asked."""
+    """Inputs that only later tests need (the load test's 20 sessions, the real-face takes) are
+    built from the start of the run in two spawned processes at low priority (nice 10): they take
+    the core-seconds the tests ahead of them leave idle (the suite keeps about 1.75 of 2 cores
+    busy), and a test that needs them waits only for what is left. A test module declares its
+    own as `background_builds(tmp_path_factory) -> {key: [(function, args), ...]}`; only the
+    modules of the tests being run are asked."""
     jobs: dict[str, list] = {}
     for module in sorted({item.module for item in request.session.items}, key=lambda m: m.__name__):
         if hasattr(module, "background_builds"):
