@@ -69,6 +69,29 @@ def test_rerun_does_no_work_and_changes_nothing(two_runs):
     assert two_runs["after_second"] == two_runs["after_first"]  # same bytes, not even rewritten
 
 
+def test_fit_steps_are_part_of_the_fits_identity(two_runs, monkeypatch):
+    """The FLAME fits ran with the default Adam steps and are found done with them only: a run
+    with other steps (SINGINGHEAD_FLAME_FRAME_STEPS) fits again rather than reusing them; a step
+    count that would fit nothing is refused, naming the setting."""
+    from pydantic import ValidationError
+
+    from singinghead.schemas.settings import get_settings
+    from singinghead.tasks import flame_fit
+
+    catalog = Catalog(str(two_runs["out"]))
+    crops = {(e.meta["session_id"], e.meta["take_id"]): e.outputs for e in catalog.entries("crop")}
+    assert len(catalog.entries("flame_frames")) == 2
+    for entry in catalog.entries("flame_frames"):
+        crop_refs = crops[entry.meta["session_id"], entry.meta["take_id"]]
+        assert entry.params["steps"] == get_settings().flame_frame_steps == 1000
+        assert flame_fit.frames_done(str(two_runs["out"]), crop_refs, 1000) == entry.outputs
+        assert flame_fit.frames_done(str(two_runs["out"]), crop_refs, 100) is None
+    assert {e.params["steps"] for e in catalog.entries("flame_sequence")} == {500}
+    monkeypatch.setenv("SINGINGHEAD_FLAME_FRAME_STEPS", "0")
+    with pytest.raises(ValidationError, match="flame_frame_steps"):
+        get_settings()
+
+
 def test_memory_stays_bounded_on_4k_takes(two_runs):
     """Two 20 s takes of 4K MJPEG and the 51-view light stage, on two Dask workers: no process
     (this one, the workers, their ffmpeg) went past 4 GB."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,8 +35,8 @@ class Settings(BaseSettings):
     #: Adam steps of the monocular per-frame FLAME fits and of the sequence fit (both part of the
     #: steps' catalog keys). Per-frame fits on real footage still improve up to 1,000 steps (median
     #: reprojection 2.5 px at 500, 2.1 px at 1,000): fewer steps trade accuracy for time.
-    flame_frame_steps: int = 1000
-    flame_sequence_steps: int = 500
+    flame_frame_steps: PositiveInt = 1000
+    flame_sequence_steps: PositiveInt = 500
     #: FLAME 2020/2023 `generic_model.pkl` folder (with landmark embedding and FLAME_masks.pkl).
     flame_dir: Path | None = None
     #: A wav2vec 2.0 checkpoint folder in transformers' format (config.json + weights), e.g.
