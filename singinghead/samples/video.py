@@ -92,22 +92,27 @@ def source_image() -> np.ndarray:
 
 
 def open_jaw(src: np.ndarray, jaw_px: float) -> np.ndarray:
-    """The photo with its jaw dropped by `jaw_px`, the opened mouth drawn dark."""
+    """The photo with its jaw dropped by `jaw_px`, the opened mouth drawn dark. Only the rows from
+    the lip line to 30 px below the chin move (the field is 0 elsewhere); the rest is the photo as
+    it is, exactly what remapping them by a zero field gives."""
     if jaw_px < 0.05:
         return src
     h, w = src.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    top, bottom = int(np.floor(LIP_LINE_Y)), min(h, int(np.ceil(CHIN_Y + 30.0)) + 1)
+    ys, xs = np.mgrid[top:bottom, 0:w].astype(np.float32)
     d = _jaw_field(xs, ys, jaw_px)
     sy = ys - d
     for _ in range(2):  # invert the forward field by fixed-point iteration
         sy = ys - _jaw_field(xs, sy, jaw_px)
-    out = cv2.remap(src, xs, sy.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    band = cv2.remap(src, xs, sy.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # The opened gap shows as a dark mouth between the lip corners (a lens that narrows with depth).
     depth = np.clip((ys - LIP_LINE_Y) / np.maximum(d, 1e-3), 0.0, 1.0)
     half_width = MOUTH_HALF_WIDTH * np.sqrt(1.0 - depth)
     cavity = (ys >= LIP_LINE_Y) & (sy < LIP_LINE_Y) & (np.abs(xs - FACE_CENTRE[0]) < half_width)
     if cavity.any():
-        out[cavity] = (0.25 * out[cavity] + 0.75 * np.array([70, 22, 25])).astype(np.uint8)
+        band[cavity] = (0.25 * band[cavity] + 0.75 * np.array([70, 22, 25])).astype(np.uint8)
+    out = src.copy()
+    out[top:bottom] = band
     return out
 
 
