@@ -69,17 +69,23 @@ def test_rerun_does_no_work_and_changes_nothing(two_runs):
     assert two_runs["after_second"] == two_runs["after_first"]  # same bytes, not even rewritten
 
 
-def test_fit_steps_are_part_of_the_fits_identity(two_runs, monkeypatch):
+def test_fit_steps_and_segment_minimum_are_part_of_the_steps_identity(two_runs, monkeypatch):
     """The FLAME fits ran with the default Adam steps and are found done with them only: a run
     with other steps (SINGINGHEAD_FLAME_FRAME_STEPS) fits again rather than reusing them; a step
-    count that would fit nothing is refused, naming the setting."""
+    count that would fit nothing is refused, naming the setting. The same for the crop's minimum
+    segment length (SINGINGHEAD_CROP_MIN_SECONDS: other segments would be kept)."""
     from pydantic import ValidationError
 
     from singinghead.schemas.settings import get_settings
-    from singinghead.tasks import flame_fit
+    from singinghead.tasks import crop, flame_fit
 
     catalog = Catalog(str(two_runs["out"]))
     crops = {(e.meta["session_id"], e.meta["take_id"]): e.outputs for e in catalog.entries("crop")}
+    assert {e.params["min_seconds"] for e in catalog.entries("crop")} == {get_settings().crop_min_seconds} == {3.0}
+    for entry in catalog.entries("crop"):
+        video = entry.inputs["video"]
+        assert crop.done_outputs(str(two_runs["out"]), video, crop.CropParams.from_settings()) == entry.outputs
+        assert crop.done_outputs(str(two_runs["out"]), video, crop.CropParams(min_seconds=1.0)) is None
     assert len(catalog.entries("flame_frames")) == 2
     for entry in catalog.entries("flame_frames"):
         crop_refs = crops[entry.meta["session_id"], entry.meta["take_id"]]
@@ -89,6 +95,10 @@ def test_fit_steps_are_part_of_the_fits_identity(two_runs, monkeypatch):
     assert {e.params["steps"] for e in catalog.entries("flame_sequence")} == {500}
     monkeypatch.setenv("SINGINGHEAD_FLAME_FRAME_STEPS", "0")
     with pytest.raises(ValidationError, match="flame_frame_steps"):
+        get_settings()
+    monkeypatch.setenv("SINGINGHEAD_FLAME_FRAME_STEPS", "1000")
+    monkeypatch.setenv("SINGINGHEAD_CROP_MIN_SECONDS", "0")
+    with pytest.raises(ValidationError, match="crop_min_seconds"):
         get_settings()
 
 

@@ -267,7 +267,8 @@ def _ok(result: dict | None) -> bool:
 
 
 def take_pipeline(root: Path, session_id: str, take, video_bytes: int, out: str, catalog: Catalog,
-                  submitted: dict[str, list[str]], frame_steps: int) -> Generator[PrefectFuture, object, dict]:
+                  submitted: dict[str, list[str]], crop_params: crop.CropParams, frame_steps: int
+                  ) -> Generator[PrefectFuture, object, dict]:
     """ingest → crop → audio → per-frame FLAME of one take, each step as soon as this take's own
     inputs are ready (a long take never holds a short one back), with the most work left first
     (`work_left`). Returns the steps' results."""
@@ -290,8 +291,9 @@ def take_pipeline(root: Path, session_id: str, take, video_bytes: int, out: str,
         return steps
     sha = {f.role: f.sha256 for f in result.files}
     steps["crop"] = yield from _step(
-        session_id, take.id, "crop", lambda: crop.done_outputs(out, sha["video"]),
-        lambda: submit_gpu(crop.crop_take_task, str(root), session_id, take.id, take.video, sha["video"], out),
+        session_id, take.id, "crop", lambda: crop.done_outputs(out, sha["video"], crop_params),
+        lambda: submit_gpu(crop.crop_take_task, str(root), session_id, take.id, take.video, sha["video"], out,
+                           crop_params),
         submitted, priority("crop"))
     if not _ok(steps["crop"]):
         return steps
@@ -340,7 +342,7 @@ def process_session(session_dir: str, out: str) -> dict:
     scan_first = {LIGHT_STAGE: max(map(partial(work_left, step="ingest"), size.values()), default=0) + 1}
     settings = get_settings()  # read here, where the flow runs: its tasks get them as arguments
     pipelines.update({take.id: take_pipeline(root, manifest.session_id, take, size[take.id], out, catalog, submitted,
-                                             settings.flame_frame_steps)
+                                             crop.CropParams.from_settings(), settings.flame_frame_steps)
                       for take in longest_first})
     pipelines = run_pipelines(pipelines, scan_first)
     light_stage = pipelines.pop(LIGHT_STAGE, {"status": "absent"})

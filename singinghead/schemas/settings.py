@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import PositiveInt
+from pydantic import PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     #: reprojection 2.5 px at 500, 2.1 px at 1,000): fewer steps trade accuracy for time.
     flame_frame_steps: PositiveInt = 1000
     flame_sequence_steps: PositiveInt = 500
+    #: Portrait segments shorter than this are dropped (SPEC §2.1: 3 s). Part of the crop's catalog
+    #: key. A release only cuts 8 s windows, so a lab may raise it to skip segments no window uses.
+    crop_min_seconds: PositiveFloat = 3.0
     #: FLAME 2020/2023 `generic_model.pkl` folder (with landmark embedding and FLAME_masks.pkl).
     flame_dir: Path | None = None
     #: A wav2vec 2.0 checkpoint folder in transformers' format (config.json + weights), e.g.

@@ -42,6 +42,7 @@ from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import SingingHeadError
 from singinghead.schemas.segments import SEGMENT_SCHEMA, CropSummary, Cut, DroppedSequence
+from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
 from singinghead.storage.assets import ffmpeg_exe
 from singinghead.storage.catalog import Catalog, cache_key
@@ -71,6 +72,11 @@ class CropParams:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_settings(cls) -> CropParams:
+        """The defaults with the settings' choices (crop_min_seconds): read where the flow runs."""
+        return cls(min_seconds=get_settings().crop_min_seconds)
 
 
 @dataclass
@@ -349,8 +355,8 @@ def crop_for_take(session_dir: str, session_id: str, take_id: str, video_rel: st
 
 @task(name="crop-take", task_run_name="crop-{take_id}", retries=1, retry_delay_seconds=2)
 def crop_take_task(session_dir: str, session_id: str, take_id: str, video_rel: str, video_sha256: str,
-                   out: str) -> list[ArtifactRef]:
-    return crop_for_take(session_dir, session_id, take_id, video_rel, video_sha256, out)
+                   out: str, params: CropParams) -> list[ArtifactRef]:
+    return crop_for_take(session_dir, session_id, take_id, video_rel, video_sha256, out, params)
 
 
 def read_summary(refs: list[ArtifactRef]) -> CropSummary:
