@@ -31,8 +31,8 @@ def _build(args: tuple[Path, int]) -> Path:
 def background_builds(tmp_path_factory) -> dict:
     """20 different sessions of one 1.3 s take (own seeds: own videos, songs and offsets), no light
     stage, recorded in the Kinect's 720p colour mode (memory on 4K takes is checked on the sample
-    session's 20 s takes, test_ingest_flow); built in the background from the start of the run
-    (conftest.prebuilt)."""
+    session's 20 s takes, test_ingest_flow); built in the background while the tests before this
+    module run (conftest.prebuilt)."""
     root = tmp_path_factory.mktemp("load")
     return {"small_sessions": [(_build, ((root / f"s{i:02d}", 100 + i),)) for i in range(SESSIONS)]}
 

@@ -39,7 +39,7 @@ def _build(shared_data: Path, tmp: Path, clip: str, seed: int) -> Path:
 
 
 def background_builds(tmp_path_factory) -> dict:
-    """Both takes, built in the background from the start of the run (conftest.prebuilt)."""
+    """Both takes, built in the background while the tests before this module run (conftest.prebuilt)."""
     if not SHARED_DATA.is_dir():
         return {}
     tmp = tmp_path_factory.mktemp("realfaces")

@@ -39,8 +39,8 @@ def _overfit(tmp: Path) -> tuple[str, Path]:
 
 
 def background_builds(tmp_path_factory) -> dict:
-    """The overfitting run (the trainer's longest), trained in the background from the start of the
-    run (conftest.prebuilt); its test checks it."""
+    """The overfitting run (the trainer's longest), trained in the background while the tests
+    before this module run (conftest.prebuilt); its test checks it."""
     return {"overfit_run": [(_overfit, (tmp_path_factory.mktemp("overfit"),))]}
 
 
