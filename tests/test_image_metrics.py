@@ -1,5 +1,7 @@
 """2D metrics on constructed images and Gaussians with known answers."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -59,17 +61,16 @@ def test_fid_is_disabled_without_a_backbone():
         assert image.inception_features(np.zeros((1, 8, 8, 3), np.uint8), None) is None
 
 
-def test_fid_equals_torchmetrics_given_the_same_inception(tmp_path):
-    """Our features and FID against torchmetrics' FrechetInceptionDistance with the same network
-    (a randomly initialised Inception-v3 saved in torchvision's format), on real photos: the
+def _fid_ours_and_torchmetrics(tmp: Path) -> tuple[float, float]:
+    """Our features and FID, and torchmetrics' FrechetInceptionDistance with the same network (a
+    randomly initialised Inception-v3 saved in torchvision's format), on real photos: the
     astronaut and coffee images, cropped and shifted, as "real" and "fake" sets."""
-    import skimage.data
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchvision.models import inception_v3
 
     torch.manual_seed(0)
-    weights = tmp_path / "inception_v3.pth"
+    weights = tmp / "inception_v3.pth"
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(), weights)
     rng = np.random.default_rng(0)
 
@@ -82,7 +83,18 @@ def test_fid_equals_torchmetrics_given_the_same_inception(tmp_path):
     metric = FrechetInceptionDistance(feature=image.InceptionFeatures(weights))
     metric.update(torch.as_tensor(real).permute(0, 3, 1, 2), real=True)
     metric.update(torch.as_tensor(fake).permute(0, 3, 1, 2), real=False)
-    assert ours == pytest.approx(float(metric.compute()), rel=1e-3)
+    return ours, float(metric.compute())
+
+
+def background_builds(tmp_path_factory) -> dict:
+    """Both FIDs (a minute of Inception on the CPU), computed in the background while the tests
+    before this module run (conftest.prebuilt)."""
+    return {"fid": [(_fid_ours_and_torchmetrics, (tmp_path_factory.mktemp("fid"),))]}
+
+
+def test_fid_equals_torchmetrics_given_the_same_inception(prebuilt):
+    ours, theirs = prebuilt["fid"][0].result()
+    assert ours == pytest.approx(theirs, rel=1e-3)
     assert ours > 0
 
 

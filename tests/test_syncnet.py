@@ -66,26 +66,31 @@ def test_weights_load_safely(tmp_path):
         syncnet.load_syncnet(tmp_path / "missing.model")
 
 
-def test_audio_step_measures_with_syncnet_when_its_weights_are_set(session_copy, audio_step, tmp_path, monkeypatch):
+def test_audio_step_measures_with_syncnet_when_its_weights_are_set(short_session, tmp_path, monkeypatch):
     """With SINGINGHEAD_SYNCNET_WEIGHTS set, the audio step runs SyncNet on every portrait frame
     with a face (25 fps windows of 0.2 s), reports its confidence, decides `measured` from it, and
-    the weights' hash keys the cache (other weights → the step runs again)."""
+    the weights' hash keys the cache (other weights → the step runs again). On the short session's
+    first take (3.3 s, 720p): this is the step's wiring; bench/avsync.py measures SyncNet's accuracy."""
+    from singinghead.schemas.manifest import load_manifest
     from singinghead.storage import files
-    from singinghead.tasks import audio
+    from singinghead.tasks import audio, crop
 
     weights = tmp_path / "syncnet_v2.model"
     torch.manual_seed(1)
     torch.save(syncnet.SyncNet().state_dict(), weights)
     monkeypatch.setenv("SINGINGHEAD_SYNCNET_WEIGHTS", str(weights))
 
-    refs, crop_refs, take = audio_step(session_copy, "take01", tmp_path / "out")
+    take, out = load_manifest(short_session).take("take01"), str(tmp_path / "out")
+    video_sha, song_sha, mic_sha = (files.sha256_file(short_session / f)[0] for f in (take.video, take.song.file,
+                                                                                       take.mic))
+    crop_refs = crop.crop_for_take(str(short_session), "sample007", take.id, take.video, video_sha, out)
+    refs = audio.audio_for_take(str(short_session), "sample007", take, song_sha, mic_sha, 0.0, crop_refs, out)
     segments = next(r.url for r in crop_refs if r.meta.get("kind") == "segments")
-    song_sha = files.sha256_file(session_copy / take.song.file)[0]
-    mic_sha = files.sha256_file(session_copy / take.mic)[0]
     report = audio.read_report(refs)
     video = report["video_offset"]
     assert video["method"] == "syncnet"
     frames = sum(len(r["timestamps_s"]) for r in files.read_parquet(segments).to_pylist())
+    assert frames >= 90  # the take's 99 frames, cropped whole
     assert video["windows"] >= 0.9 * frames * syncnet.FPS / 30 - 10  # a face in (nearly) every frame
     assert np.isfinite(video["confidence"])
     assert video["confident"] == (video["confidence"] >= 3.0 and not video["at_edge"])
