@@ -78,10 +78,11 @@ def _chain(source: Future, target: Future) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def prebuilt(request, tmp_path_factory) -> Iterator[dict[str, list[Future]]]:
-    """Inputs that only the last tests need (the load test's 20 sessions, the real-face takes, the
-    trainer's overfitting run) are built in two spawned processes at the lowest priority (nice
-    19), from the end of the run's busy start (`BUSY_START_OVER`; from the start when the run does
-    not process the sample session): they take the core-seconds that the tests in between leave
+    """Inputs and measurements that only the last tests need (the load test's 20 sessions, the
+    real-face takes, the trainer's overfitting run, the FID comparison, the dlib box measurement)
+    are made in two spawned processes at the lowest priority (nice 19), from the end of the run's
+    busy start (`BUSY_START_OVER`; from the start when the run does not process the sample
+    session): they take the core-seconds that the tests in between leave
     idle (about 250 of a run's 2,300: servers starting, flows waiting for a GPU slot, steps on
     one thread) rather than slowing the busy start, and a test that needs them waits only for
     what is left. A test module declares its own as `background_builds(tmp_path_factory) ->
