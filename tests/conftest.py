@@ -9,7 +9,6 @@ import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -36,10 +35,14 @@ def shared_data() -> Path:
 
 
 def _low_priority() -> None:
-    """A background builder: lowest priority, and its math on one thread (as a Dask worker's, which
-    Dask's nanny sets): it runs beside the tests' own processes, so a second thread only contends
-    for a core that is taken (the overfitting run: 68 core-s on one thread against 82 on two)."""
-    os.nice(19)
+    """A background builder runs only on a core nothing else wants (Linux's SCHED_IDLE, inherited
+    by its ffmpeg children; nice 19 where that policy is missing), with its math on one thread (as
+    a Dask worker's, which Dask's nanny sets): a second thread would only contend for a core that
+    is taken (the overfitting run: 68 core-s on one thread against 82 on two)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"  # before torch and numpy load in this fresh (spawned) process
     import cv2
@@ -47,71 +50,37 @@ def _low_priority() -> None:
     cv2.setNumThreads(1)
 
 
-#: Set when the background builds may start: the run's busy start (the sample session built and
-#: processed, both cores taken throughout) is over, or a test that needs them is about to run.
-BUSY_START_OVER = threading.Event()
-
-
-def _uses_background_builds(item) -> bool:
-    return hasattr(item.module, "background_builds")
+def _uses_background_builds(module) -> bool:
+    return hasattr(module, "background_builds")
 
 
 def pytest_collection_modifyitems(items) -> None:
     """The tests of modules with `background_builds` run last (in their own order): their inputs
     are built meanwhile, in the core-seconds the tests before them leave idle."""
-    items.sort(key=_uses_background_builds)  # stable: the others keep their order
-
-
-def pytest_runtest_setup(item) -> None:
-    if _uses_background_builds(item):
-        BUSY_START_OVER.set()  # it waits for them from now on: build at once
-
-
-def _chain(source: Future, target: Future) -> None:
-    if source.cancelled():
-        target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())
-    else:
-        target.set_result(source.result())
+    items.sort(key=lambda item: _uses_background_builds(item.module))  # stable: the others keep their order
 
 
 @pytest.fixture(scope="session", autouse=True)
 def prebuilt(request, tmp_path_factory) -> Iterator[dict[str, list[Future]]]:
     """Inputs and measurements that only the last tests need (the load test's 20 sessions, the
     real-face takes, the trainer's overfitting run, the FID comparison, the dlib box measurement)
-    are made in two spawned processes at the lowest priority (nice 19), from the end of the run's
-    busy start (`BUSY_START_OVER`; from the start when the run does not process the sample
-    session): they take the core-seconds that the tests in between leave
-    idle (about 250 of a run's 2,300: servers starting, flows waiting for a GPU slot, steps on
-    one thread) rather than slowing the busy start, and a test that needs them waits only for
-    what is left. A test module declares its own as `background_builds(tmp_path_factory) ->
-    {key: [(function, args), ...]}`; only the modules of the tests being run are asked."""
+    are made from the start of the run in two spawned processes that only take idle core-seconds
+    (`_low_priority`): those the tests before them leave (a flow's last step on one core, servers
+    starting, flows waiting for a GPU slot; about 150 of a run's 2,500), and a test that needs
+    them waits only for what is left. A test module declares its own as
+    `background_builds(tmp_path_factory) -> {key: [(function, args), ...]}`; only the modules of
+    the tests being run are asked."""
     jobs: dict[str, list] = {}
     for module in sorted({item.module for item in request.session.items}, key=lambda m: m.__name__):
-        if hasattr(module, "background_builds"):
+        if _uses_background_builds(module):
             jobs.update(module.background_builds(tmp_path_factory))
     if not jobs:
         yield {}
         return
-    if not any("processed_sample" in item.fixturenames for item in request.session.items):
-        BUSY_START_OVER.set()
     pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=_low_priority)
-    futures = {key: [Future() for _ in calls] for key, calls in jobs.items()}
-
-    def start() -> None:
-        BUSY_START_OVER.wait()
-        for key, calls in jobs.items():
-            for (fn, args), future in zip(calls, futures[key], strict=True):
-                pool.submit(fn, *args).add_done_callback(partial(_chain, target=future))
-
-    starter = threading.Thread(target=start, daemon=True)
-    starter.start()
     try:
-        yield futures
+        yield {key: [pool.submit(fn, *args) for fn, args in calls] for key, calls in jobs.items()}
     finally:
-        BUSY_START_OVER.set()
-        starter.join()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -250,13 +219,10 @@ def processed_sample(sample_session_build, prefect_harness, tmp_path_factory) ->
     sample_session = sample_session_build.result()
     out = tmp_path_factory.mktemp("processed")
     raw_before = snapshot(sample_session)
-    try:
-        with PeakRSS() as rss:  # 4K takes of 20 s and the light stage beside them
-            first = run_process_session(sample_session, out)
-        after_first = snapshot(out)
-        second = run_process_session(sample_session, out)
-    finally:
-        BUSY_START_OVER.set()
+    with PeakRSS() as rss:  # 4K takes of 20 s and the light stage beside them
+        first = run_process_session(sample_session, out)
+    after_first = snapshot(out)
+    second = run_process_session(sample_session, out)
     return {"out": out, "first": first, "second": second, "raw_before": raw_before, "peak_rss_mb": rss.peaks_mb(),
             "raw_after": snapshot(sample_session), "after_first": after_first, "after_second": snapshot(out)}
 

@@ -16,6 +16,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 import yaml
+from conftest import ORCHESTRATION_FIT_STEPS
 from scipy.spatial.transform import Rotation
 
 from singinghead.capture_rigs.scan_files import read_landmarks, read_scan
@@ -190,12 +191,15 @@ def _linked_copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
     shutil.copytree(src, dst, copy_function=os.link, ignore=shutil.ignore_patterns(*skip))
 
 
-def test_the_sample_head_as_a_scan_in_mm_goes_through_the_flow(sample_session, processed_sample, tmp_path):
+def test_the_sample_head_as_a_scan_in_mm_goes_through_the_flow(sample_session, processed_sample, tmp_path,
+                                                               monkeypatch):
     """The sample session with its light stage replaced by the stand-in head of a known shape,
     exported as a PLY in mm with vertex colours and no landmarks, processed into a copy of the
     processed sample: the takes' steps are up to date, the scan is imported and its landmarks
     found, the scan fit recovers the known shape (the model can represent this head exactly:
-    the photo path's test allows 1.5 mm mean on the face) and the motion uses it."""
+    the photo path's test allows 1.5 mm mean on the face) and the motion uses it (refitted with
+    the orchestration tests' sequence steps: this test is about the scan, the sample's own
+    motion is checked at the default steps)."""
     from singinghead.flame.model import load_flame
     from singinghead.flows.process_session import LIGHT_STAGE, run_process_session
     from singinghead.samples.light_stage import export_head_scan, head_mesh
@@ -212,6 +216,8 @@ def test_the_sample_head_as_a_scan_in_mm_goes_through_the_flow(sample_session, p
     (session / "session.yaml").unlink()  # a link to the sample's own manifest: written anew, not through it
     (session / "session.yaml").write_text(yaml.safe_dump(manifest))
 
+    steps = "SINGINGHEAD_FLAME_SEQUENCE_STEPS"  # the frame fits (their own steps) are up to date
+    monkeypatch.setenv(steps, ORCHESTRATION_FIT_STEPS[steps])
     summary = run_process_session(session, out)
     assert summary["crop_submitted"] == [] and summary["audio_submitted"] == []  # the takes: up to date
     assert LIGHT_STAGE in summary["scan_submitted"]

@@ -123,14 +123,15 @@ def test_a_720p_session_gives_its_truth_in_its_own_pixels(short_session):
 
 def test_same_seed_same_session(tmp_path):
     """The same seed gives the same files. Determinism does not depend on the resolution: the
-    takes are recorded in 720p to save time. The second build leaves out the light stage (51
-    renders): one of the first build's photos is rendered again from the head its ground truth
-    names, with the same calibration."""
+    takes are recorded in 720p to save time. The second build leaves out the light stage, and the
+    first renders one of its 51 photos: that photo is rendered again from the head its ground
+    truth names, with the same calibration."""
     from singinghead.flame.ict import write_model
     from singinghead.flame.model import load_flame
     from singinghead.samples.light_stage import write_light_stage
 
-    a = build_sample_session(tmp_path / "a", seed=3, duration_s=1.0, color_mode="720P")
+    a = build_sample_session(tmp_path / "a", seed=3, duration_s=1.0, color_mode="720P",
+                             light_stage_photos={"cam17.jpg"})
     b = build_sample_session(tmp_path / "b", seed=3, duration_s=1.0, light_stage=False, color_mode="720P")
     c = build_sample_session(tmp_path / "c", seed=4, duration_s=1.0, light_stage=False, n_takes=1, color_mode="720P")
     for name in ("takes/take01/mic.wav", "songs/take02.flac", "takes/take01/kinect.mkv", "takes/take02/kinect.mkv"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -112,7 +112,7 @@ def _dropped_frames(n_frames: int, gaps: int, rng: np.random.Generator) -> np.nd
 def build_sample_session(
     out: str | Path, seed: int = 0, duration_s: float = 20.0, on_take: Callable[[str], None] | None = None,
     light_stage: bool = True, scan: HeadScan | None = None, n_takes: int = len(TAKES),
-    color_mode: str = "2160P", frame_drops: int = 0,
+    color_mode: str = "2160P", frame_drops: int = 0, light_stage_photos: Collection[str] | None = None,
 ) -> Path:
     """Write the sample session into `out` (created) and return its path (without the light
     stage when `light_stage` is False, and with only the first `n_takes` takes: load tests queue
@@ -139,7 +139,7 @@ def build_sample_session(
                 model = load_flame(write_model(tmp))
             true_shape = np.random.default_rng(seed + 1).normal(0.0, 1.0, 100)
             jobs["light stage"] = pool.submit(light_stage_sample.write_light_stage, out / "light_stage", model,
-                                              true_shape, gt_dir, scan)
+                                              true_shape, gt_dir, scan, light_stage_photos)
         for k, spec in enumerate(TAKES[:n_takes]):
             take_dir = out / "takes" / spec["id"]
             take_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ are provided (SINGINGHEAD_INCEPTION_WEIGHTS), LPIPS when AlexNet and LPIPS weigh
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,17 @@ from singinghead.trainer.train import resolve_assets
 COLUMNS_2D = ["motion", "size", "FID", "LPIPS", "SSIM", "CPBD", "M-LMD", "F-LMD", "BA"]
 
 
-def dlib_landmarks(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 → (T, 68, 2); NaN where dlib finds no face."""
+@functools.lru_cache(maxsize=1)
+def _dlib_models(predictor_path: str):
+    """dlib's detector and 68-point predictor, loaded once per file (the predictor is 100 MB)."""
     import dlib
 
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(dlib_landmark_model())
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path)
+
+
+def dlib_landmarks(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 → (T, 68, 2); NaN where dlib finds no face."""
+    detector, predictor = _dlib_models(str(dlib_landmark_model()))
     out = np.full((len(frames), 68, 2), np.nan)
     for i, f in enumerate(frames):
         faces = detector(f, 1)
