@@ -67,7 +67,7 @@ def prebuilt(request, tmp_path_factory) -> Iterator[dict[str, list[Future]]]:
     real-face takes, the trainer's overfitting run, the FID comparison, the dlib box measurement)
     are made from the start of the run in two spawned processes that only take idle core-seconds
     (`_low_priority`): those the tests before them leave (a flow's last step on one core, servers
-    starting, flows waiting for a GPU slot; about 150 of a run's 2,500), and a test that needs
+    starting, flows waiting for a GPU slot; about 170 of a run's 2,700), and a test that needs
     them waits only for what is left. A test module declares its own as
     `background_builds(tmp_path_factory) -> {key: [(function, args), ...]}`; only the modules of
     the tests being run are asked."""
