@@ -67,7 +67,7 @@ def stage_session(index_url: str, session_id: str, release: str, build: int, see
                 wid = w.row["window_id"]
                 paths = {"video": f"media/{wid}.mp4", "singing": f"media/{wid}.wav", "bgm": f"media/{wid}_bgm.wav"}
                 with files.atomic_output(files.join(release, paths["video"])) as tmp:
-                    windows.cut_video(w.video_source, w.video_start_s, tmp)
+                    windows.cut_video(w.video_source, w.row["start_frame"], tmp)
                 _write_wav(files.join(release, paths["singing"]), w.singing)
                 _write_wav(files.join(release, paths["bgm"]), w.bgm)
                 media[wid] = {role: {"path": p, **dict(zip(("sha256", "size"),

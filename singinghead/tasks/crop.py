@@ -14,7 +14,8 @@ never decoded):
 - segments shorter than `min_seconds` are dropped and counted.
 
 Serialisation: one ffmpeg per segment on the original file (exact input seek on MJPEG, crop +
-scale filter, libx264 yuv420p), segments of a take encoded in parallel. No pixel loop in Python.
+scale filter, libx264 yuv420p, an IDR frame at every 240th frame where release windows start),
+segments of a take encoded in parallel. No pixel loop in Python.
 
 Then every portrait frame gets its own 68 landmarks (tasks.landmarks, one NPZ beside each
 segment): they belong to the portrait video, so the audio step's sync and the FLAME fits read
@@ -41,6 +42,7 @@ from prefect import task
 from singinghead.capture_rigs.azure_kinect import KinectRecording
 from singinghead.schemas.artifacts import ArtifactRef
 from singinghead.schemas.errors import SingingHeadError
+from singinghead.schemas.release import WINDOW_FRAMES
 from singinghead.schemas.segments import SEGMENT_SCHEMA, CropSummary, Cut, DroppedSequence
 from singinghead.schemas.settings import get_settings
 from singinghead.storage import files
@@ -49,7 +51,8 @@ from singinghead.storage.catalog import Catalog, cache_key
 from singinghead.tasks.landmarks import FaceAnalyser, choose_face, dense_landmarks, face_analyser
 
 STEP = "crop"
-VERSION = "3"  # 2: segments end at the device's frame drops; 3: dense landmarks of every portrait frame
+VERSION = "4"  # 2: segments end at the device's frame drops; 3: dense landmarks of every portrait frame;
+#              4: a keyframe at every window start
 EDGE_LANDMARKS = np.arange(0, 27)  # jaw contour 0–16, brows 17–26
 
 
@@ -243,6 +246,8 @@ def encode_segment(video: str | Path, seg: Segment, timestamps: np.ndarray, out_
         "-vf", f"crop={side}:{side}:{x0}:{y0},"
                f"scale={p.output_size}:{p.output_size}:flags=bicubic:out_range=tv,format=yuv420p",
         "-c:v", "libx264", "-preset", p.preset, "-crf", str(p.crf), "-threads", str(threads),
+        # An IDR frame opens every release window (frames 240 k): windows copy their packets.
+        "-force_key_frames", f"expr:eq(mod(n,{WINDOW_FRAMES}),0)", "-forced-idr", "1",
         "-fps_mode", "passthrough", "-an", "-movflags", "+faststart", "-f", "mp4", out_path,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)

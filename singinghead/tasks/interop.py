@@ -157,7 +157,7 @@ def import_singinghead(src: str | Path, release: str, version: str = "imported",
                 else:  # a longer sequence: each window gets its own frames [240k, 240k + 240)
                     try:
                         with files.atomic_output(files.join(release, media["video"])) as tmp:
-                            cut_video(str(video), a / layout.FPS, tmp)  # the layout's videos: 30 fps
+                            cut_video(str(video), a, tmp)
                     except SingingHeadError as exc:
                         problems.append(f"{video}: window {k}: {exc}")
                         continue

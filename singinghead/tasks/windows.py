@@ -2,9 +2,9 @@
 
 A window takes frames [240k, 240k + 240) of a segment: its motion-table rows, the matching
 16 kHz singing and BGM samples (exactly 128 000 from sample 128 000·k), the BGM's 64-d MFCC per
-frame, the portrait frames re-encoded to an MP4 of its own, and QA flags. Splits are assigned
-by a seeded hash of a key (the window, its sequence or its subject), so the same window always
-lands in the same split, however many sessions are added later.
+frame, the portrait frames as an MP4 of their own (the segment's own packets, copied: `cut_video`),
+and QA flags. Splits are assigned by a seeded hash of a key (the window, its sequence or its
+subject), so the same window always lands in the same split, however many sessions are added later.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import logging
 import subprocess
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -64,7 +65,6 @@ class Window:
     singing: np.ndarray  # (128000,) float32
     bgm: np.ndarray
     video_source: str  # the segment MP4
-    video_start_s: float = 0.0  # the window's first frame in the segment MP4 (from the timestamps)
     files: dict[str, str] = field(default_factory=dict)  # role → release-relative path once written
 
 
@@ -159,26 +159,74 @@ def segment_windows(index: dict, take_id: str, segment: dict, seed: int = 0, spl
                                  t["outliers"][a:b], segment["audio_flags"], take["sync_flags"], shape_source,
                                  shape_flags),
         }
-        out.append(Window(row, sing.astype(np.float32), music.astype(np.float32), segment["video"],
-                          video_start_s=float(ts[a] - ts[0])))
+        out.append(Window(row, sing.astype(np.float32), music.astype(np.float32), segment["video"]))
     return out
 
 
-def cut_video(segment_video: str, start_s: float, out_path: str, frames: int = R.WINDOW_FRAMES,
-              fps: float = 30.0) -> None:
-    """`frames` frames of a portrait MP4 from the one shown at `start_s` (seconds after its first
-    frame), re-encoded (exact: input seek to a quarter frame before it, which ffmpeg decodes from
-    the preceding keyframe)."""
-    start_frame = int(round(start_s * fps))
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{max(start_s - 0.25 / fps, 0):.6f}",
-           "-i", segment_video, "-map", "0:v:0", "-frames:v", str(frames), "-c:v", "libx264", "-preset", "veryfast",
-           "-crf", "18", "-pix_fmt", "yuv420p", "-an", "-movflags", "+faststart", "-f", "mp4", out_path]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = start_frame + frames - 1
-        raise SingingHeadError(f"{segment_video}: ffmpeg could not cut frames {start_frame}–{last}: "
-                               f"{proc.stderr.strip()[-400:]}")
+def _decode_order(video: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fraction]:
+    """Per packet of the video stream, in the file's (decode) order: its frame's display index,
+    whether it is a keyframe and its pts; and the stream's time base. Only demuxes (no decoding)."""
+    with av.open(video) as c:
+        stream = c.streams.video[0]
+        packets = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.size]
+        time_base = stream.time_base
+    pts = np.array([p for p, _ in packets], dtype=np.int64)
+    return np.argsort(np.argsort(pts, kind="stable")), np.array([k for _, k in packets], bool), pts, time_base
+
+
+def cut_video(segment_video: str, start_frame: int, out_path: str, frames: int = R.WINDOW_FRAMES) -> str:
+    """Frames [start_frame, start_frame + frames) of a portrait MP4 as an MP4 of their own.
+
+    When the first is a keyframe whose group closes within the window (in decode order the next
+    `frames` packets are exactly these frames: the crop step forces a keyframe at every 240th
+    frame), the packets are copied: the window holds the segment's own pictures, bit for bit, in
+    milliseconds. Otherwise (a video from elsewhere) they are re-encoded at CRF 18 from an exact
+    seek. Returns how: "copied" or "re-encoded"."""
+    display, keyframe, pts, time_base = _decode_order(segment_video)
+    last = start_frame + frames - 1
+    if start_frame < 0 or last >= len(display):
+        raise SingingHeadError(f"{segment_video}: frames {start_frame}–{last} asked for, the video has {len(display)}")
+    first = int(np.flatnonzero(display == start_frame)[0])
+    block = display[first:first + frames]
+    if keyframe[first] and len(block) == frames and block.min() == start_frame and block.max() == last:
+        _copy_packets(segment_video, int(pts[first]), frames, out_path)
+        how = "copied"
+    else:
+        period = float(np.median(np.diff(np.sort(pts)))) if len(pts) > 1 else 1.0
+        start_s = float((pts[first] - pts.min() - period / 4) * time_base)  # a quarter frame before it
+        _reencode(segment_video, max(start_s, 0.0), frames, out_path, start_frame)
+        how = "re-encoded"
     with av.open(out_path) as c:
         got = sum(1 for pkt in c.demux(c.streams.video[0]) if pkt.size)
     if got != frames:
         raise SingingHeadError(f"{segment_video}: window at frame {start_frame} has {got} frames, expected {frames}")
+    return how
+
+
+def _copy_packets(video: str, start_pts: int, frames: int, out_path: str) -> None:
+    """`frames` packets from the keyframe at `start_pts` on, timestamps moved to start at 0."""
+    with av.open(video) as src, av.open(out_path, "w", format="mp4", options={"movflags": "+faststart"}) as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        src.seek(start_pts, stream=stream, backward=True)
+        copied = 0
+        for packet in src.demux(stream):
+            if not packet.size or (copied == 0 and packet.pts != start_pts):
+                continue
+            packet.pts -= start_pts
+            packet.dts -= start_pts
+            packet.stream = out
+            dst.mux(packet)
+            copied += 1
+            if copied == frames:
+                break
+
+
+def _reencode(video: str, start_s: float, frames: int, out_path: str, start_frame: int) -> None:
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{start_s:.6f}",
+           "-i", video, "-map", "0:v:0", "-frames:v", str(frames), "-c:v", "libx264", "-preset", "veryfast",
+           "-crf", "18", "-pix_fmt", "yuv420p", "-an", "-movflags", "+faststart", "-f", "mp4", out_path]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SingingHeadError(f"{video}: ffmpeg could not cut frames {start_frame}–{start_frame + frames - 1}: "
+                               f"{proc.stderr.strip()[-400:]}")
