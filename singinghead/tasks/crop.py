@@ -51,8 +51,11 @@ from singinghead.storage.catalog import Catalog, cache_key
 from singinghead.tasks.landmarks import FaceAnalyser, choose_face, dense_landmarks, face_analyser
 
 STEP = "crop"
-VERSION = "4"  # 2: segments end at the device's frame drops; 3: dense landmarks of every portrait frame;
-#              4: a keyframe at every window start
+# 2: segments end at the device's frame drops; 3: dense landmarks of every portrait frame. Segments
+# now open every release window with a keyframe (its packets are copied, not re-encoded), but the
+# version stays: an older segment is as good, only its windows are re-encoded instead
+# (tasks.windows.cut_video), so a lab's processed sessions are not redone for it.
+VERSION = "3"
 EDGE_LANDMARKS = np.arange(0, 27)  # jaw contour 0–16, brows 17–26
 
 
