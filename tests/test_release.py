@@ -150,8 +150,9 @@ def test_every_window_is_exactly_its_segment_frames(releases):
 def test_import_cuts_a_multi_window_sequence_into_its_own_frames(tmp_path):
     """A SingingHead sequence of 3 windows (720 frames) whose video shows its frame number (as two
     grey levels) and whose motion carries it too: every imported window's video frames show the
-    frame numbers of its motion rows. Its keyframes (every 50 frames, no scene cuts) miss the window starts 240
-    and 480: those windows are re-encoded from an exact seek, not copied."""
+    frame numbers of its motion rows. Its keyframes (every 50 frames, no scene cuts) miss the
+    window starts 240 and 480: those windows are re-encoded from an exact seek, not copied. A
+    second sequence whose video cannot be read is reported, window by window, and left out."""
     import pickle as pkl
 
     from singinghead.storage.assets import ffmpeg_exe
@@ -168,15 +169,19 @@ def test_import_cuts_a_multi_window_sequence_into_its_own_frames(tmp_path):
                     "-pix_fmt", "yuv420p", str(src / "video_seqs/id0_0_0_0.mp4")], input=frames.tobytes(), check=True)
     motion = np.zeros((n, 59), np.float32)
     motion[:, 56] = np.arange(n)  # the frame number in the jaw channel
-    with open(src / "flame_seqs/id0_0_0_0.pkl", "wb") as fh:
-        pkl.dump({"flame": motion, "shape": np.zeros(100, np.float32), "fps": 30}, fh)
-    for name in ("audio_seqs/id0_0_0_0.wav", "bgm_seqs/id0_0_0_0_bgm.wav"):
-        sf.write(src / name, np.zeros(3 * R.WINDOW_SAMPLES, np.float32), R.SAMPLE_RATE)
-    (src / "train.txt").write_text("id0_0_0_0\n")
+    for name in ("id0_0_0_0", "id0_0_0_1"):  # the second one's video is not a video: reported, not imported
+        with open(src / f"flame_seqs/{name}.pkl", "wb") as fh:
+            pkl.dump({"flame": motion, "shape": np.zeros(100, np.float32), "fps": 30}, fh)
+        for audio in (f"audio_seqs/{name}.wav", f"bgm_seqs/{name}_bgm.wav"):
+            sf.write(src / audio, np.zeros(3 * R.WINDOW_SAMPLES, np.float32), R.SAMPLE_RATE)
+    (src / "video_seqs/id0_0_0_1.mp4").write_bytes(b"\0" * 4096)
+    (src / "train.txt").write_text("id0_0_0_0\nid0_0_0_1\n")
     assert [cut_video(str(src / "video_seqs/id0_0_0_0.mp4"), a, str(tmp_path / f"w{a}.mp4"))
             for a in (240, 480)] == ["re-encoded", "re-encoded"]
     result = interop.import_singinghead(src, str(tmp_path / "imported"))
-    assert result["windows"] == 3 and result["problems"] == []
+    assert result["windows"] == 3 and len(result["problems"]) == 3, result["problems"]
+    assert all(p.startswith(f"{src / 'video_seqs/id0_0_0_1.mp4'}: window {k}: ") and "cannot cut frames" in p
+               for k, p in enumerate(result["problems"])), result["problems"]
     for r in store.read_manifest(str(tmp_path / "imported")).to_pylist():
         numbers = store.arrays(pq.read_table(tmp_path / "imported" / r["shard_path"]), ["motion"])["motion"][
             r["shard_row"]][:, 56]

@@ -170,6 +170,8 @@ def _decode_order(video: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fract
         stream = c.streams.video[0]
         packets = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.size]
         time_base = stream.time_base
+    if any(p is None for p, _ in packets):
+        raise SingingHeadError(f"{video}: video packets without timestamps: frames cannot be told apart")
     pts = np.array([p for p, _ in packets], dtype=np.int64)
     return np.argsort(np.argsort(pts, kind="stable")), np.array([k for _, k in packets], bool), pts, time_base
 
@@ -182,6 +184,14 @@ def cut_video(segment_video: str, start_frame: int, out_path: str, frames: int =
     frame), the packets are copied: the window holds the segment's own pictures, bit for bit, in
     milliseconds. Otherwise (a video from elsewhere) they are re-encoded at CRF 18 from an exact
     seek. Returns how: "copied" or "re-encoded"."""
+    try:
+        return _cut_video(segment_video, start_frame, out_path, frames)
+    except av.FFmpegError as exc:
+        raise SingingHeadError(f"{segment_video}: cannot cut frames {start_frame}–{start_frame + frames - 1}: "
+                               f"{exc}") from exc
+
+
+def _cut_video(segment_video: str, start_frame: int, out_path: str, frames: int) -> str:
     display, keyframe, pts, time_base = _decode_order(segment_video)
     last = start_frame + frames - 1
     if start_frame < 0 or last >= len(display):
