@@ -8,22 +8,43 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-import pytest
 from conftest import SHARED_DATA
 
 from singinghead.storage.assets import dlib_landmark_model, ffmpeg_exe
 from singinghead.tasks.landmarks import DLIB_BOX_FROM_MTCNN, dense_landmarks, face_analyser
 
 
-def _frames(path, step: int, width: int = 512) -> list[np.ndarray]:
+def _frames(path, step: int, width: int = 512, limit: int | None = None) -> list[np.ndarray]:
+    """Every `step`-th frame (the first `limit` frames only, when given), shrunk to `width`."""
     out = []
     with av.open(str(path)) as c:
         for i, f in enumerate(c.decode(video=0)):
+            if limit is not None and i >= limit:
+                break
             if i % step == 0:
                 img = f.to_ndarray(format="rgb24")
                 s = width / img.shape[1]
                 out.append(cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA))
     return out
+
+
+def _dlib_own_points(clip: Path, step: int, width: int, limit: int | None = None) -> list[np.ndarray | None]:
+    """dlib's own 68 points (its HOG detector's box, 1× upsampling, then its predictor) on the frames
+    `_frames` gives; None where HOG finds no face. The truth the face track is held to."""
+    import dlib
+
+    detector, predictor = dlib.get_frontal_face_detector(), dlib.shape_predictor(dlib_landmark_model())
+    points = []
+    for img in _frames(clip, step, width, limit):
+        faces = detector(img, 1)
+        points.append(np.array([[p.x, p.y] for p in predictor(img, faces[0]).parts()], dtype=float)
+                      if faces else None)
+    return points
+
+
+#: The jumping-face test: the first 96 frames of clip4 at 560 px; the box test: clip2, every 5th frame.
+JUMPING = ("clip4.mp4", 1, 560, 96)
+SPARSE = ("clip2.mp4", 5, 512, None)
 
 
 def _dlib_box_in_mtcnn_box(clips: Path) -> list[list[float]]:
@@ -49,11 +70,14 @@ def _dlib_box_in_mtcnn_box(clips: Path) -> list[list[float]]:
 
 
 def background_builds(tmp_path_factory) -> dict:
-    """The measurement over the five clips (HOG at 2× upsampling and MTCNN on every 6th frame),
-    made in the background while the tests before this module run (conftest.prebuilt)."""
+    """The measurement over the five clips (HOG at 2× upsampling and MTCNN on every 6th frame) and
+    dlib's own points on the frames the other tests use (their truth), made in the background
+    while the tests before this module run (conftest.prebuilt)."""
     if not SHARED_DATA.is_dir():
         return {}
-    return {"dlib_boxes": [(_dlib_box_in_mtcnn_box, (SHARED_DATA / "talking_face",))]}
+    clips = SHARED_DATA / "talking_face"
+    return {"dlib_boxes": [(_dlib_box_in_mtcnn_box, (clips,))],
+            "dlib_points": [(_dlib_own_points, (clips / name, *rest)) for name, *rest in (JUMPING, SPARSE)]}
 
 
 def test_dlib_box_convention_is_the_measured_one(shared_data, prebuilt):
@@ -65,16 +89,16 @@ def test_dlib_box_convention_is_the_measured_one(shared_data, prebuilt):
     np.testing.assert_allclose(measured, expected, atol=0.03)
 
 
-def test_a_jumping_real_face_is_tracked_and_a_missing_face_is_nan(shared_data, tmp_path):
+def test_a_jumping_real_face_is_tracked_and_a_missing_face_is_nan(shared_data, prebuilt, tmp_path):
     """A real clip on a 1024² portrait whose face jumps 180 px every 8 frames and vanishes for
     6 frames: every frame with a face is within 0.08 inter-ocular distances of dlib's own
     detection on the unmoved frame (mapped by the known shift), every frame without one is NaN
     with confidence 0. A tracker that takes its box from the last frame's landmarks fails both."""
-    import dlib
-
-    clip = _frames(shared_data / "talking_face" / "clip4.mp4", 1, width=560)[:96]
-    detector, predictor = dlib.get_frontal_face_detector(), dlib.shape_predictor(dlib_landmark_model())
+    name, step, width, limit = JUMPING
+    clip = _frames(shared_data / "talking_face" / name, step, width, limit)
+    own = prebuilt["dlib_points"][0].result()
     size, n = 1024, len(clip)
+    assert len(own) == n == limit
     offsets = [np.array([60 + 180 * ((i // 8) % 3), 80 + 120 * ((i // 8) % 2)]) for i in range(n)]
     hidden = set(range(40, 46))
     truth = np.full((n, 68, 2), np.nan)
@@ -88,9 +112,8 @@ def test_a_jumping_real_face_is_tracked_and_a_missing_face_is_nan(shared_data, t
         if i not in hidden:
             x, y = offsets[i]
             canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
-            faces = detector(img, 1)
-            if faces:
-                truth[i] = np.array([[p.x, p.y] for p in predictor(img, faces[0]).parts()]) + offsets[i]
+            if own[i] is not None:
+                truth[i] = own[i] + offsets[i]
         proc.stdin.write(canvas.tobytes())
     proc.stdin.close()
     assert proc.wait() == 0
@@ -108,21 +131,19 @@ def test_a_jumping_real_face_is_tracked_and_a_missing_face_is_nan(shared_data, t
     assert np.nanmax(dense.mouth_opening) > 2 * np.nanmin(dense.mouth_opening)  # a talking mouth, not a copy
 
 
-@pytest.mark.parametrize("step", [5])
-def test_sparse_crop_landmarks_use_the_same_box_convention(shared_data, step):
+def test_sparse_crop_landmarks_use_the_same_box_convention(shared_data, prebuilt):
     """The crop step's landmarks (FaceAnalyser.landmarks on an MTCNN box) agree with dlib's own."""
-    import dlib
-
     analyser = face_analyser("cpu")
-    detector, predictor = dlib.get_frontal_face_detector(), dlib.shape_predictor(dlib_landmark_model())
+    name, step, width, limit = SPARSE
+    frames = _frames(shared_data / "talking_face" / name, step, width, limit)
+    dlib_own = prebuilt["dlib_points"][1].result()
+    assert len(dlib_own) == len(frames)
     errs = []
-    for img in _frames(shared_data / "talking_face" / "clip2.mp4", step):
+    for img, own in zip(frames, dlib_own, strict=True):
         boxes, probs = analyser.detect(img)
-        faces = detector(img, 1)
-        if not len(boxes) or not faces:
+        if not len(boxes) or own is None:
             continue
         ours = analyser.landmarks(img, boxes[int(np.argmax(probs))])
-        own = np.array([[p.x, p.y] for p in predictor(img, faces[0]).parts()], dtype=float)
         iod = np.linalg.norm(own[36:42].mean(0) - own[42:48].mean(0))
         errs.append(np.linalg.norm(ours - own, axis=1).mean() / iod)
     # dlib's points move with its box: a box mapped from another detector reproduces them to a few
