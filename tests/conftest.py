@@ -64,13 +64,13 @@ def pytest_collection_modifyitems(items) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def prebuilt(request, tmp_path_factory) -> Iterator[dict[str, list[Future]]]:
     """Inputs and measurements that only the last tests need (the load test's 20 sessions, the
-    real-face takes, the trainer's overfitting run, the FID comparison, the dlib box measurement)
-    are made from the start of the run in two spawned processes that only take idle core-seconds
-    (`_low_priority`): those the tests before them leave (a flow's last step on one core, servers
-    starting, flows waiting for a GPU slot; about 170 of a run's 2,700), and a test that needs
-    them waits only for what is left. A test module declares its own as
-    `background_builds(tmp_path_factory) -> {key: [(function, args), ...]}`; only the modules of
-    the tests being run are asked."""
+    real-face takes, the trainer's overfitting run, the FID comparison, the dlib box measurement
+    and dlib's own points on the face-track tests' frames) are made from the start of the run in
+    two spawned processes that only take idle core-seconds (`_low_priority`): those the tests
+    before them leave (a flow's last step on one core, servers starting, flows waiting for a GPU
+    slot; about 170 of a run's 2,700), and a test that needs them waits only for what is left. A
+    test module declares its own as `background_builds(tmp_path_factory) -> {key: [(function,
+    args), ...]}`; only the modules of the tests being run are asked."""
     jobs: dict[str, list] = {}
     for module in sorted({item.module for item in request.session.items}, key=lambda m: m.__name__):
         if _uses_background_builds(module):
