@@ -77,7 +77,8 @@ def background_builds(tmp_path_factory) -> dict:
         return {}
     clips = SHARED_DATA / "talking_face"
     return {"dlib_boxes": [(_dlib_box_in_mtcnn_box, (clips,))],
-            "dlib_points": [(_dlib_own_points, (clips / name, *rest)) for name, *rest in (JUMPING, SPARSE)]}
+            "jumping_truth": [(_dlib_own_points, (clips / JUMPING[0], *JUMPING[1:]))],
+            "sparse_truth": [(_dlib_own_points, (clips / SPARSE[0], *SPARSE[1:]))]}
 
 
 def test_dlib_box_convention_is_the_measured_one(shared_data, prebuilt):
@@ -96,7 +97,7 @@ def test_a_jumping_real_face_is_tracked_and_a_missing_face_is_nan(shared_data, p
     with confidence 0. A tracker that takes its box from the last frame's landmarks fails both."""
     name, step, width, limit = JUMPING
     clip = _frames(shared_data / "talking_face" / name, step, width, limit)
-    own = prebuilt["dlib_points"][0].result()
+    own = prebuilt["jumping_truth"][0].result()
     size, n = 1024, len(clip)
     assert len(own) == n == limit
     offsets = [np.array([60 + 180 * ((i // 8) % 3), 80 + 120 * ((i // 8) % 2)]) for i in range(n)]
@@ -136,7 +137,7 @@ def test_sparse_crop_landmarks_use_the_same_box_convention(shared_data, prebuilt
     analyser = face_analyser("cpu")
     name, step, width, limit = SPARSE
     frames = _frames(shared_data / "talking_face" / name, step, width, limit)
-    dlib_own = prebuilt["dlib_points"][1].result()
+    dlib_own = prebuilt["sparse_truth"][0].result()
     assert len(dlib_own) == len(frames)
     errs = []
     for img, own in zip(frames, dlib_own, strict=True):
